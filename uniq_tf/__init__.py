@@ -1,0 +1,44 @@
+"""uniq_tf: UNIQ (Uniform Noise Injection for non-uniform Quantization) for tf_keras and TFMOT.
+
+Importing this package sets TF_USE_LEGACY_KERAS=1 before TensorFlow loads (see _keras.py).
+"""
+
+from uniq_tf import _keras  # noqa: F401  (must run before anything imports TensorFlow)
+from uniq_tf.modes import (
+    activation_modes,
+    calibrate_activations,
+    set_activation_mode,
+    set_weight_mode,
+    weight_modes,
+)
+from uniq_tf.quantize import (
+    Codebook,
+    get_activation_ranges,
+    get_codebooks,
+    is_quantized_model,
+    quantize_model,
+    quantize_scope,
+    strip_quantization,
+)
+from uniq_tf.quantizers import ActMode, KQuantileWeightQuantizer, Mode, SwitchableActivationQuantizer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ActMode",
+    "Codebook",
+    "KQuantileWeightQuantizer",
+    "Mode",
+    "SwitchableActivationQuantizer",
+    "activation_modes",
+    "calibrate_activations",
+    "get_activation_ranges",
+    "get_codebooks",
+    "is_quantized_model",
+    "quantize_model",
+    "quantize_scope",
+    "set_activation_mode",
+    "set_weight_mode",
+    "strip_quantization",
+    "weight_modes",
+]

@@ -1,0 +1,190 @@
+"""The k-quantile quantizer and UNIQ's uniform noise: the method's math, written once.
+
+Every user of the method (training, stripping, codebooks, exporters, BOPs) calls these
+functions. Formulas (Baskin et al., UNIQ, ACM TOCS 2021; ``shared/uniq-method.md`` sections 1-2),
+with F the fitted CDF of a weight tensor (per tensor, or per output channel):
+
+    Gaussian:   mu = mean(w), sigma = max(std(w), 1e-5), F(w) = Phi((w - mu) / sigma)
+    empirical:  F(w) = mid-rank of w among the tensor's weights / N
+    k          = 2 ** bits
+    u          = F(w)                                   (uniformization)
+    bin        = clip(floor(u * k), 0, k - 1)
+    level_i    = F^-1((i + 0.5) / k)                    (the bin's median)
+    w_q        = level[bin]                             (hard quantization, exactly k values)
+    e          ~ U[-s / (2k), +s / (2k)], s = 1 (s = 2 for the "high noise" variant)
+    w_hat      = F^-1(clip(u + e, 1e-5, 1 - 1e-5))       (training-time noise)
+
+Statistics are taken under ``stop_gradient``: mu and sigma (and the empirical order) carry no
+gradient; the caller gives the float weight an identity gradient.
+
+Tensors are handled as a (C, N) matrix: C rows of independent statistics (C = 1 per tensor,
+C = output channels per channel), N weights per row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+from scipy.special import ndtri
+
+from uniq_tf._keras import tf
+
+GAUSSIAN = "gaussian"
+EMPIRICAL = "empirical"
+DISTRIBUTIONS = (GAUSSIAN, EMPIRICAL)
+SIGMA_MIN = 1e-5
+U_CLIP = 1e-5
+_SQRT2 = np.sqrt(2.0)
+
+
+@lru_cache(maxsize=None)
+def standard_levels(bits: int) -> np.ndarray:
+    """Phi^-1((i + 0.5) / k) for i = 0..k-1: the codebook of a standard normal (float64)."""
+    k = 2**bits
+    return ndtri((np.arange(k, dtype=np.float64) + 0.5) / k)
+
+
+def _phi(z: tf.Tensor) -> tf.Tensor:
+    return 0.5 * (1.0 + tf.math.erf(z / _SQRT2))
+
+
+def _phi_inv(p: tf.Tensor) -> tf.Tensor:
+    return _SQRT2 * tf.math.erfinv(2.0 * p - 1.0)
+
+
+def to_rows(w: tf.Tensor, channel_axes: tuple[int, ...] | None) -> tuple[tf.Tensor, callable]:
+    """Reshapes ``w`` to (C, N) with the channel axes first; returns it and the inverse map.
+
+    ``channel_axes=None`` means one row (per-tensor statistics).
+    """
+    w = tf.convert_to_tensor(w)
+    if not channel_axes:
+        shape = tf.shape(w)
+        return tf.reshape(w, [1, -1]), lambda rows: tf.reshape(rows, shape)
+    rank = w.shape.rank
+    axes = [a % rank for a in channel_axes]
+    others = [a for a in range(rank) if a not in axes]
+    perm = axes + others
+    inverse = np.argsort(perm).tolist()
+    moved = tf.transpose(w, perm)
+    moved_shape = tf.shape(moved)
+    channels = int(np.prod([w.shape[a] for a in axes]))
+    rows = tf.reshape(moved, [channels, -1])
+    return rows, lambda r: tf.transpose(tf.reshape(r, moved_shape), inverse)
+
+
+@dataclass(frozen=True)
+class RowStats:
+    """What a fitted CDF needs: Gaussian (mu, sigma) or the sorted weights of each row."""
+
+    distribution: str
+    mu: tf.Tensor | None = None
+    sigma: tf.Tensor | None = None
+    sorted_rows: tf.Tensor | None = None
+
+
+def fit(rows: tf.Tensor, distribution: str = GAUSSIAN) -> RowStats:
+    """Fits the CDF of each row of a (C, N) matrix; no gradient flows through the fit."""
+    rows = tf.stop_gradient(rows)
+    if distribution == GAUSSIAN:
+        mu = tf.reduce_mean(rows, axis=1, keepdims=True)
+        sigma = tf.maximum(tf.math.reduce_std(rows, axis=1, keepdims=True), SIGMA_MIN)
+        return RowStats(GAUSSIAN, mu=mu, sigma=sigma)
+    if distribution == EMPIRICAL:
+        return RowStats(EMPIRICAL, sorted_rows=tf.sort(rows, axis=1))
+    raise ValueError(f"distribution must be one of {DISTRIBUTIONS}, got {distribution!r}")
+
+
+def uniformize(rows: tf.Tensor, stats: RowStats) -> tf.Tensor:
+    """u = F(w), in [0, 1]."""
+    if stats.distribution == GAUSSIAN:
+        return _phi((rows - stats.mu) / stats.sigma)
+    s = stats.sorted_rows
+    n = tf.cast(tf.shape(s)[1], rows.dtype)
+    left = tf.cast(tf.searchsorted(s, rows, side="left"), rows.dtype)
+    right = tf.cast(tf.searchsorted(s, rows, side="right"), rows.dtype)
+    return (left + right) / (2.0 * n)
+
+
+def inverse(p: tf.Tensor, stats: RowStats) -> tf.Tensor:
+    """w = F^-1(p) for probabilities p of shape (C, M)."""
+    if stats.distribution == GAUSSIAN:
+        return stats.mu + stats.sigma * _phi_inv(p)
+    s = stats.sorted_rows
+    n = tf.shape(s)[1]
+    pos = tf.clip_by_value(p * tf.cast(n, p.dtype) - 0.5, 0.0, tf.cast(n - 1, p.dtype))
+    lo = tf.minimum(tf.cast(tf.floor(pos), tf.int32), n - 1)
+    hi = tf.minimum(lo + 1, n - 1)
+    frac = pos - tf.cast(lo, p.dtype)
+    low = tf.gather(s, lo, batch_dims=1)
+    high = tf.gather(s, hi, batch_dims=1)
+    return low + frac * (high - low)
+
+
+def levels(stats: RowStats, bits: int, dtype: tf.DType = tf.float32) -> tf.Tensor:
+    """The codebook of each row, (C, k), increasing: level_i = F^-1((i + 0.5) / k)."""
+    if stats.distribution == GAUSSIAN:
+        z = tf.constant(standard_levels(bits), dtype=dtype)[tf.newaxis, :]
+        return stats.mu + stats.sigma * z
+    k = 2**bits
+    p = tf.constant((np.arange(k) + 0.5) / k, dtype=dtype)[tf.newaxis, :]
+    rows = tf.shape(stats.sorted_rows)[0]
+    return inverse(tf.tile(p, [rows, 1]), stats)
+
+
+def bin_index(u: tf.Tensor, bits: int) -> tf.Tensor:
+    """bin = clip(floor(u * k), 0, k - 1), int32."""
+    k = 2**bits
+    return tf.clip_by_value(tf.cast(tf.floor(u * k), tf.int32), 0, k - 1)
+
+
+def quantize_rows(rows: tf.Tensor, bits: int, distribution: str = GAUSSIAN):
+    """Hard k-quantile quantization of a (C, N) matrix.
+
+    Returns (w_q, levels, indices) with w_q = levels[row, indices] exactly (w_q is gathered
+    from the codebook, never recomputed), levels (C, k) and indices (C, N) int32.
+    """
+    stats = fit(rows, distribution)
+    codebook = levels(stats, bits, rows.dtype)
+    indices = bin_index(uniformize(rows, stats), bits)
+    return tf.gather(codebook, indices, batch_dims=1), codebook, indices
+
+
+def noisy_rows(
+    rows: tf.Tensor, bits: int, distribution: str = GAUSSIAN, noise_scale: float = 1.0
+) -> tf.Tensor:
+    """UNIQ's noisy weights: w_hat = F^-1(clip(u + e, 1e-5, 1 - 1e-5)), e ~ U[+-s/(2k)]."""
+    stats = fit(rows, distribution)
+    half_width = noise_scale / (2.0 * 2**bits)
+    u = uniformize(rows, stats)
+    e = tf.random.uniform(tf.shape(rows), -half_width, half_width, dtype=rows.dtype)
+    return inverse(tf.clip_by_value(u + e, U_CLIP, 1.0 - U_CLIP), stats)
+
+
+def quantize(w, bits: int, channel_axes=None, distribution: str = GAUSSIAN) -> tf.Tensor:
+    """Hard-quantizes a weight tensor of any shape (see :func:`quantize_rows`)."""
+    rows, back = to_rows(w, channel_axes)
+    return back(quantize_rows(rows, bits, distribution)[0])
+
+
+def add_noise(
+    w, bits: int, channel_axes=None, distribution: str = GAUSSIAN, noise_scale: float = 1.0
+) -> tf.Tensor:
+    """Noisy weight tensor of any shape (see :func:`noisy_rows`)."""
+    rows, back = to_rows(w, channel_axes)
+    return back(noisy_rows(rows, bits, distribution, noise_scale))
+
+
+def codebook(w, bits: int, channel_axes=None, distribution: str = GAUSSIAN):
+    """(levels, indices) of a weight tensor as numpy arrays.
+
+    levels is (k,) per tensor or (C, k) per channel; indices has w's shape (int32) and
+    holds each weight's bin. Per tensor, ``levels[indices]`` is the quantized tensor exactly.
+    """
+    rows, back = to_rows(w, channel_axes)
+    _, levels_, indices = quantize_rows(rows, bits, distribution)
+    indices = back(indices).numpy()
+    levels_ = levels_.numpy()
+    return (levels_[0] if not channel_axes else levels_), indices

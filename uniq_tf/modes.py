@@ -1,0 +1,102 @@
+"""Reading and setting the quantizers' modes, and calibrating activation ranges.
+
+These are what schedule callbacks use: assigning a mode variable changes the forward pass of
+an already traced train function (no retrace).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from uniq_tf._keras import tf
+from uniq_tf.quantize import kernel_wrappers, output_quantizers, weight_quantizers, wrappers
+from uniq_tf.quantizers import ActMode, Mode
+
+
+def _select(model, layers: Iterable[str] | None) -> list:
+    found = wrappers(model)
+    if layers is None:
+        return found
+    wanted = set(layers)
+    by_name = {w.layer.name: w for w in found}
+    unknown = sorted(wanted - set(by_name))
+    if unknown:
+        raise ValueError(f"No quantized layers named {unknown}; quantized layers: {sorted(by_name)}")
+    return [by_name[n] for n in by_name if n in wanted]
+
+
+def set_weight_mode(model, mode: Mode, layers: Iterable[str] | None = None) -> None:
+    """Sets the weight quantizers of ``layers`` (all when None) to FLOAT, NOISY or QUANTIZED."""
+    mode = Mode(mode)
+    for wrapper in _select(model, layers):
+        for _, _, variables in weight_quantizers(wrapper):
+            variables["mode"].assign(int(mode))
+
+
+def set_activation_mode(model, mode: ActMode, layers: Iterable[str] | None = None) -> None:
+    """Sets the output quantizers of ``layers`` (all when None)."""
+    mode = ActMode(mode)
+    for wrapper in _select(model, layers):
+        for _, variables in output_quantizers(wrapper):
+            variables["act_mode"].assign(int(mode))
+
+
+def weight_modes(model) -> dict[str, Mode]:
+    """Layer name -> the mode of its (first) weight quantizer."""
+    return {
+        w.layer.name: Mode(int(weight_quantizers(w)[0][2]["mode"].numpy()))
+        for w in kernel_wrappers(model)
+    }
+
+
+def activation_modes(model) -> dict[str, ActMode]:
+    out = {}
+    for wrapper in wrappers(model):
+        for _, variables in output_quantizers(wrapper):
+            out[wrapper.layer.name] = ActMode(int(variables["act_mode"].numpy()))
+    return out
+
+
+def calibrate_activations(model, data, steps: int | None = None, verbose: bool = True) -> dict:
+    """Sets every activation quantizer's range to the min/max seen on ``data``.
+
+    TFMOT's moving-average quantizer starts at [-6, 6] and moves with decay 0.999, too slowly
+    for a short fine-tune at low bit widths; calibrating first starts it at the data's range.
+    ``data``: a tf.data.Dataset or an iterable of input batches (or (x, y) pairs).
+    Returns layer name -> (min, max).
+    """
+    previous = activation_modes(model)
+    for wrapper in wrappers(model):
+        for _, variables in output_quantizers(wrapper):
+            variables["min_var"].assign(np.inf)
+            variables["max_var"].assign(-np.inf)
+    set_activation_mode(model, ActMode.CALIBRATE)
+
+    @tf.function
+    def run(x):
+        return model(x, training=False)
+
+    iterator = iter(data)
+    bar = tqdm(total=steps, desc="calibrating activations", disable=not verbose)
+    count = 0
+    for batch in iterator:
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        run(x)
+        count += 1
+        bar.update(1)
+        if steps is not None and count >= steps:
+            break
+    bar.close()
+    ranges = {}
+    for wrapper in wrappers(model):
+        for _, variables in output_quantizers(wrapper):
+            lo = min(float(variables["min_var"].numpy()), 0.0)
+            hi = max(float(variables["max_var"].numpy()), lo + 1e-3)
+            variables["min_var"].assign(lo)
+            variables["max_var"].assign(hi)
+            ranges[wrapper.layer.name] = (lo, hi)
+            variables["act_mode"].assign(int(previous[wrapper.layer.name]))
+    return ranges

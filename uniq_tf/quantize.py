@@ -1,0 +1,383 @@
+"""Public entry points: quantize_model, quantize_scope, strip_quantization, get_codebooks.
+
+``quantize_model`` plans, per layer, which UNIQ config it gets (registry), then applies the plan
+by cloning the model and wrapping layers in TFMOT's QuantizeWrapperV2, the way TFMOT's own
+``quantize_apply`` does, with one difference users ask for (TFMOT #957): a Functional model
+nested inside another (a keras.applications backbone) is quantized recursively instead of
+rejected.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import tensorflow_model_optimization as tfmot
+
+from uniq_tf import kquantile, registry
+from uniq_tf._keras import keras, require_keras2_model, tf
+from uniq_tf.quantize_config import ActivationQuantizeConfig, KernelQuantizeConfig
+from uniq_tf.quantizers import KQuantileWeightQuantizer, SwitchableActivationQuantizer
+from uniq_tf.scheme import UniqQuantizeScheme
+
+QuantizeWrapper = tfmot.quantization.keras.QuantizeWrapperV2
+WEIGHT_BITS_RANGE = (1, 16)
+ACTIVATION_BITS_RANGE = (2, 16)
+HIGH_NOISE_SCALE = 2.0
+
+
+def _check_bits(value, allowed: tuple[int, int], what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{what} must be an integer in {allowed[0]}..{allowed[1]}, got {value!r}")
+    if not allowed[0] <= value <= allowed[1]:
+        raise ValueError(f"{what} must be in {allowed[0]}..{allowed[1]}, got {value}")
+    return int(value)
+
+
+def _is_nested_model(layer) -> bool:
+    return isinstance(layer, keras.Model)
+
+
+def _check_graph_model(model, where: str) -> None:
+    if not isinstance(model, keras.Sequential) and not getattr(model, "_is_graph_network", False):
+        raise ValueError(
+            f"{where} is a subclassed tf_keras.Model ({type(model).__name__}); uniq_tf can "
+            "quantize Sequential and Functional models only. Rebuild it with the Functional API."
+        )
+    if not model.built:
+        raise ValueError(
+            f"{where} is not built; call `model.build(input_shape)` or give it an Input first."
+        )
+
+
+def flatten_layers(model) -> list:
+    """The model's layers in forward order, descending into nested models (not listed)."""
+    out = []
+    for layer in model.layers:
+        if _is_nested_model(layer):
+            out.extend(flatten_layers(layer))
+        elif not isinstance(layer, keras.layers.InputLayer):
+            out.append(layer)
+    return out
+
+
+def _plan(
+    model, weight_bits, activation_bits, layer_bits, skip_layers, per_channel, distribution,
+    noise_scale,
+) -> dict:
+    """Layer name -> QuantizeConfig, in forward order."""
+    plan: dict = {}
+    owner = None
+    owner_act_bits = activation_bits
+    not_quantized = []
+    for layer in flatten_layers(model):
+        name = layer.name
+        w_bits, a_bits = layer_bits.get(name, (None, None))
+        attrs = registry.kernel_attributes(layer)
+        if name in skip_layers:
+            continue
+        if attrs is not None:
+            w_bits = weight_bits if w_bits is None else w_bits
+            a_bits = activation_bits if a_bits is None else a_bits
+            quantizers = {
+                attr: KQuantileWeightQuantizer(
+                    w_bits, axes if per_channel else None, distribution, noise_scale
+                )
+                for attr, axes in attrs.items()
+            }
+            out_bits = a_bits if registry.has_quantized_output(layer) else None
+            plan[name] = KernelQuantizeConfig(quantizers, out_bits, owner=name)
+            owner, owner_act_bits = name, a_bits
+        elif registry.is_activation_layer(layer):
+            bits = owner_act_bits if a_bits is None else a_bits
+            plan[name] = ActivationQuantizeConfig(bits, owner=owner)
+        elif layer.weights and not isinstance(layer, keras.layers.BatchNormalization):
+            not_quantized.append(f"{name} ({type(layer).__name__})")
+    if not_quantized:
+        warnings.warn(
+            "uniq_tf leaves these layers in float (no UNIQ config for their type): "
+            + ", ".join(not_quantized),
+            stacklevel=3,
+        )
+    return plan
+
+
+def _apply(model, quantize_registry):
+    """Clones ``model`` reusing its layers, wrapping those the registry supports."""
+
+    def wrap(layer):
+        if _is_nested_model(layer):
+            return _apply(layer, quantize_registry)
+        if quantize_registry.supports(layer):
+            config = quantize_registry.get_quantize_config(layer)
+            return QuantizeWrapper(layer, config, name_prefix="")
+        return layer
+
+    return keras.models.clone_model(model, clone_function=wrap)
+
+
+def _copy_with_weights(model):
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def quantize_model(
+    model,
+    weight_bits: int = 4,
+    activation_bits: int = 8,
+    layer_bits: Mapping[str, tuple[int | None, int | None]] | None = None,
+    skip_layers: Iterable[str] = (),
+    per_channel: bool = False,
+    distribution: str = "gaussian",
+    high_noise: bool = False,
+):
+    """Returns a quantization-aware copy of ``model`` trained with UNIQ.
+
+    Kernels of Conv1D, Conv2D, DepthwiseConv2D, SeparableConv2D and Dense layers get the
+    k-quantile quantizer (2^weight_bits levels); the outputs of activations (ReLU, Activation,
+    fused activations) get TFMOT's uniform moving-average quantizer at ``activation_bits``.
+    Every weight quantizer starts in NOISY mode: without a schedule callback, all layers are
+    trained with noise at once and evaluate with their codebooks (the paper's spirit).
+    ``uniq_tf.callbacks.GradualQuantization`` drives the stage-wise schedule.
+
+    Args:
+        model: a built tf_keras Sequential or Functional model (nested models allowed).
+        weight_bits: codebook index width b, 1..16.
+        activation_bits: activation width, 2..16.
+        layer_bits: layer name -> (weight_bits, activation_bits) overrides; either may be None.
+            The activation bits of a kernel layer apply to the activation quantizers that
+            follow it until the next kernel layer.
+        skip_layers: names of layers to leave in float (e.g. the first and last layer).
+        per_channel: fit the CDF per output channel instead of per tensor.
+        distribution: "gaussian" (the paper) or "empirical" (exact quantiles of the weights).
+        high_noise: noise of +-1/k instead of +-1/(2k) (the reference code's variant).
+    """
+    model = require_keras2_model(model)
+    _check_graph_model(model, f"model {model.name!r}")
+    for layer in model.layers:
+        if _is_nested_model(layer):
+            _check_graph_model(layer, f"nested model {layer.name!r}")
+    weight_bits = _check_bits(weight_bits, WEIGHT_BITS_RANGE, "weight_bits")
+    activation_bits = _check_bits(activation_bits, ACTIVATION_BITS_RANGE, "activation_bits")
+    if distribution not in kquantile.DISTRIBUTIONS:
+        raise ValueError(
+            f"distribution must be one of {kquantile.DISTRIBUTIONS}, got {distribution!r}"
+        )
+    names = [layer.name for layer in flatten_layers(model)]
+    layer_bits = dict(layer_bits or {})
+    if isinstance(skip_layers, str):
+        skip_layers = (skip_layers,)
+    skip_layers = set(skip_layers)
+    unknown = sorted((set(layer_bits) | skip_layers) - set(names))
+    if unknown:
+        raise ValueError(
+            f"Unknown layer names {unknown} in layer_bits/skip_layers of model {model.name!r}. "
+            f"Layers are: {names}"
+        )
+    checked = {}
+    for name, bits in layer_bits.items():
+        if not isinstance(bits, (tuple, list)) or len(bits) != 2:
+            raise ValueError(
+                f"layer_bits[{name!r}] must be a pair (weight_bits, activation_bits), got {bits!r}"
+            )
+        w, a = bits
+        checked[name] = (
+            None if w is None else _check_bits(w, WEIGHT_BITS_RANGE, f"layer_bits[{name!r}][0]"),
+            None if a is None else _check_bits(
+                a, ACTIVATION_BITS_RANGE, f"layer_bits[{name!r}][1]"
+            ),
+        )
+    plan = _plan(
+        model, weight_bits, activation_bits, checked, skip_layers, per_channel, distribution,
+        HIGH_NOISE_SCALE if high_noise else 1.0,
+    )
+    if not any(isinstance(c, KernelQuantizeConfig) for c in plan.values()):
+        raise ValueError(
+            f"Model {model.name!r} has no layer UNIQ can quantize (supported: "
+            f"{', '.join(t.__name__ for t in registry.KERNEL_CHANNEL_AXES)}), after skip_layers."
+        )
+    scheme = UniqQuantizeScheme(plan)
+    with quantize_scope():
+        copy = _copy_with_weights(model)
+        copy, _ = scheme.get_layout_transformer().apply(copy, {})
+        return _apply(copy, scheme.get_quantize_registry())
+
+
+def quantize_scope(*args):
+    """The scope needed to load a saved quantized model (TFMOT's scope plus our classes)."""
+    custom = {
+        "KQuantileWeightQuantizer": KQuantileWeightQuantizer,
+        "SwitchableActivationQuantizer": SwitchableActivationQuantizer,
+        "KernelQuantizeConfig": KernelQuantizeConfig,
+        "ActivationQuantizeConfig": ActivationQuantizeConfig,
+    }
+    for extra in args:
+        custom.update(extra)
+    return tfmot.quantization.keras.quantize_scope(custom)
+
+
+# ---------------------------------------------------------------- introspection
+
+
+def wrappers(model) -> list:
+    """The QuantizeWrapperV2 layers of a quantized model, in forward order (nested included)."""
+    out = []
+    for layer in model.layers:
+        if _is_nested_model(layer):
+            out.extend(wrappers(layer))
+        elif isinstance(layer, QuantizeWrapper):
+            out.append(layer)
+    return out
+
+
+def kernel_wrappers(model) -> list:
+    return [w for w in wrappers(model) if isinstance(w.quantize_config, KernelQuantizeConfig)]
+
+
+def weight_quantizers(wrapper) -> list[tuple[str, KQuantileWeightQuantizer, dict]]:
+    """(attribute, quantizer, its variables) for each quantized kernel of ``wrapper``."""
+    config = wrapper.quantize_config
+    if not isinstance(config, KernelQuantizeConfig):
+        return []
+    attrs = list(config.weight_quantizers)
+    return [
+        (attr, quantizer, variables)
+        for attr, (_, quantizer, variables) in zip(attrs, wrapper._weight_vars)
+    ]
+
+
+def output_quantizers(wrapper) -> list[tuple[SwitchableActivationQuantizer, dict]]:
+    """(quantizer, its variables) of ``wrapper``'s output; TFMOT supports at most one."""
+    quantizers = getattr(wrapper, "_output_quantizers", None)
+    if not quantizers or not isinstance(quantizers[0], SwitchableActivationQuantizer):
+        return []
+    return [(quantizers[0], wrapper._output_quantizer_vars)]
+
+
+def _float_kernel(wrapper, attr):
+    return getattr(wrapper.layer, attr) if not hasattr(wrapper, "_weight_vars") else next(
+        w for (w, _, _), a in zip(wrapper._weight_vars, wrapper.quantize_config.weight_quantizers)
+        if a == attr
+    )
+
+
+def is_quantized_model(model) -> bool:
+    return bool(kernel_wrappers(model))
+
+
+@dataclass
+class Codebook:
+    """One quantized kernel: its codebook and every weight's index into it.
+
+    levels: (k,) per tensor, or (C, k) per output channel (C = rows of the statistics).
+    indices: int32, the kernel's shape, each weight's bin in 0..k-1.
+    Per tensor, ``levels[indices]`` equals the stripped kernel exactly; :meth:`dequantize`
+    handles both cases.
+    """
+
+    layer: str
+    weight: str
+    bits: int
+    levels: np.ndarray
+    indices: np.ndarray
+    channel_axes: tuple[int, ...] | None
+    distribution: str
+
+    @property
+    def size(self) -> int:
+        return 2**self.bits
+
+    def dequantize(self) -> np.ndarray:
+        if self.levels.ndim == 1:
+            return self.levels[self.indices]
+        rows, back = kquantile.to_rows(tf.constant(self.indices), self.channel_axes)
+        values = np.take_along_axis(self.levels, rows.numpy(), axis=1)
+        return back(tf.constant(values)).numpy()
+
+
+def _codebook_key(wrapper, attr) -> str:
+    return wrapper.layer.name if attr in ("kernel",) or len(
+        wrapper.quantize_config.weight_quantizers) == 1 else f"{wrapper.layer.name}/{attr}"
+
+
+def get_codebooks(model) -> dict[str, Codebook]:
+    """Per quantized kernel (key: layer name, or "layer/attribute" for SeparableConv2D)."""
+    model = require_keras2_model(model)
+    out = {}
+    for wrapper in kernel_wrappers(model):
+        for attr, quantizer, _ in weight_quantizers(wrapper):
+            kernel = _float_kernel(wrapper, attr)
+            levels, indices = kquantile.codebook(
+                kernel, quantizer.bits, quantizer.channel_axes, quantizer.distribution
+            )
+            out[_codebook_key(wrapper, attr)] = Codebook(
+                wrapper.layer.name, attr, quantizer.bits, levels, indices.astype(np.int32),
+                quantizer.channel_axes, quantizer.distribution,
+            )
+    return out
+
+
+def get_activation_ranges(model) -> dict[str, tuple[float, float, int]]:
+    """Layer name -> (min, max, bits) learned by each activation quantizer."""
+    out = {}
+    for wrapper in wrappers(model):
+        for quantizer, variables in output_quantizers(wrapper):
+            out[wrapper.layer.name] = (
+                float(variables["min_var"].numpy()), float(variables["max_var"].numpy()),
+                quantizer.bits,
+            )
+    return out
+
+
+def strip_quantization(model):
+    """A plain tf_keras model with the same layer names whose quantized kernels hold exactly
+    their codebook values (hard quantization, whatever mode the layers were in), activations in
+    float, and every other weight copied. The base of every exporter.
+    """
+    model = require_keras2_model(model)
+    if not is_quantized_model(model):
+        raise ValueError(
+            f"Model {model.name!r} has no UNIQ-quantized layer; call uniq_tf.quantize_model first."
+        )
+    codebooks = get_codebooks(model)
+    with quantize_scope():
+        return _strip(model, codebooks)
+
+
+def _strip(model, codebooks):
+    def unwrap(layer):
+        if _is_nested_model(layer):
+            return _strip(layer, codebooks)
+        if isinstance(layer, QuantizeWrapper):
+            return layer.layer.__class__.from_config(layer.layer.get_config())
+        return layer.__class__.from_config(layer.get_config())
+
+    stripped = keras.models.clone_model(model, clone_function=unwrap)
+    _copy_stripped_weights(model, stripped, codebooks)
+    return stripped
+
+
+def _copy_stripped_weights(model, stripped, codebooks):
+    for source in model.layers:
+        if isinstance(source, keras.layers.InputLayer):
+            continue
+        target = stripped.get_layer(source.name)
+        if _is_nested_model(source):
+            _copy_stripped_weights(source, target, codebooks)
+            continue
+        if not isinstance(source, QuantizeWrapper):
+            target.set_weights(source.get_weights())
+            continue
+        inner = source.layer
+        kernels = {}
+        if isinstance(source.quantize_config, KernelQuantizeConfig):
+            for attr, _, _ in weight_quantizers(source):
+                kernels[attr] = codebooks[_codebook_key(source, attr)].dequantize()
+        values = []
+        for weight in target.weights:
+            attr = weight.name.split("/")[-1].split(":")[0]
+            values.append(kernels[attr] if attr in kernels else getattr(inner, attr).numpy())
+        target.set_weights(values)

@@ -1,0 +1,202 @@
+"""TFMOT quantizers: UNIQ's k-quantile weight quantizer and a switchable activation quantizer.
+
+Both keep their mode in an int32 variable (created through ``layer.add_weight``, so it is
+saved, restored by checkpoints and mirrored under tf.distribute). A callback assigns it
+between epochs and the traced train function follows without retracing, because the
+forward pass branches on the variable's value inside the graph.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import tensorflow_model_optimization as tfmot
+
+from uniq_tf import kquantile
+from uniq_tf._keras import keras, tf
+
+_Quantizer = tfmot.quantization.keras.quantizers.Quantizer
+_MovingAverageQuantizer = tfmot.quantization.keras.quantizers.MovingAverageQuantizer
+
+MODE_VARIABLE = "uniq_mode"
+ACT_MODE_VARIABLE = "uniq_act_mode"
+
+
+class Mode(enum.IntEnum):
+    """Weight quantizer modes.
+
+    FLOAT: the float weight. NOISY: UNIQ noise while training, the codebook at inference.
+    QUANTIZED: the codebook, in training and at inference.
+    """
+
+    FLOAT = 0
+    NOISY = 1
+    QUANTIZED = 2
+
+
+class ActMode(enum.IntEnum):
+    """Activation quantizer modes. CALIBRATE records the running min/max of the input."""
+
+    FLOAT = 0
+    QUANTIZED = 1
+    CALIBRATE = 2
+
+
+def _with_identity_gradient(forward: tf.Tensor, w: tf.Tensor) -> tf.Tensor:
+    """Returns ``forward``'s value exactly, with gradient d/dw = identity (straight through)."""
+
+    @tf.custom_gradient
+    def straight_through(w_in):
+        del w_in
+        return tf.identity(forward), lambda dy: dy
+
+    return straight_through(w)
+
+
+@keras.utils.register_keras_serializable(package="uniq_tf")
+class KQuantileWeightQuantizer(_Quantizer):
+    """UNIQ weight quantizer (Baskin et al. 2021, sections 1-2 of shared/uniq-method.md).
+
+    Forward, by mode:
+        FLOAT:      w
+        NOISY:      training: w_hat = F^-1(clip(F(w) + e)), e ~ U[-s/2k, s/2k]; else w_q
+        QUANTIZED:  w_q = F^-1((floor(F(w) k) + 1/2) / k), exactly one of k codebook values
+    Backward: dL/dw = dL/d(forward) in every mode (identity); F's statistics carry no gradient.
+
+    Args:
+        bits: codebook index width b (k = 2^b levels), 1..16.
+        channel_axes: kernel axes that index output channels, for per-channel statistics;
+            None for one set of statistics per tensor.
+        distribution: "gaussian" (the paper's fit) or "empirical" (exact quantiles).
+        noise_scale: 1.0 for the paper's noise of one bin's width; 2.0 for "high noise".
+        initial_mode: the mode a freshly built layer starts in.
+    """
+
+    def __init__(
+        self,
+        bits: int,
+        channel_axes: tuple[int, ...] | None = None,
+        distribution: str = kquantile.GAUSSIAN,
+        noise_scale: float = 1.0,
+        initial_mode: int = Mode.NOISY,
+    ):
+        self.bits = int(bits)
+        self.channel_axes = tuple(channel_axes) if channel_axes else None
+        self.distribution = distribution
+        self.noise_scale = float(noise_scale)
+        self.initial_mode = int(initial_mode)
+
+    def build(self, tensor_shape, name, layer):
+        mode = layer.add_weight(
+            f"{name}_{MODE_VARIABLE}",
+            shape=(),
+            dtype=tf.int32,
+            initializer=keras.initializers.Constant(self.initial_mode),
+            trainable=False,
+            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+        )
+        return {"mode": mode}
+
+    def quantize(self, w: tf.Tensor) -> tf.Tensor:
+        return kquantile.quantize(w, self.bits, self.channel_axes, self.distribution)
+
+    def noisy(self, w: tf.Tensor) -> tf.Tensor:
+        return kquantile.add_noise(
+            w, self.bits, self.channel_axes, self.distribution, self.noise_scale
+        )
+
+    def __call__(self, inputs, training, weights, **kwargs):
+        mode = weights["mode"]
+        w = inputs
+
+        def quantized():
+            return _with_identity_gradient(self.quantize(w), w)
+
+        if training:
+            noisy_fn = lambda: _with_identity_gradient(self.noisy(w), w)  # noqa: E731
+        else:
+            noisy_fn = quantized
+        return tf.switch_case(
+            tf.clip_by_value(mode, 0, 2),
+            branch_fns=[lambda: tf.identity(w), noisy_fn, quantized],
+        )
+
+    def get_config(self):
+        return {
+            "bits": self.bits,
+            "channel_axes": self.channel_axes,
+            "distribution": self.distribution,
+            "noise_scale": self.noise_scale,
+            "initial_mode": self.initial_mode,
+        }
+
+    def __eq__(self, other):
+        return isinstance(other, KQuantileWeightQuantizer) and (
+            self.get_config() == other.get_config()
+        )
+
+    def __ne__(self, other):
+        return not self.__eq__(other)
+
+
+@keras.utils.register_keras_serializable(package="uniq_tf")
+class SwitchableActivationQuantizer(_Quantizer):
+    """TFMOT's MovingAverageQuantizer (uniform, asymmetric, learned EMA range, straight-through
+    gradient) behind a mode switch, so the stage-wise schedule can keep later stages' activations
+    in float while their ranges keep warming up, and calibration can set the ranges from data.
+
+    Modes: FLOAT passes the input through (the inner quantizer still tracks its range while
+    training); QUANTIZED fake-quantizes to ``bits``; CALIBRATE passes through and widens
+    min/max to the running minimum and maximum of what it sees.
+    """
+
+    def __init__(self, bits: int = 8, initial_mode: int = ActMode.QUANTIZED):
+        self.bits = int(bits)
+        self.initial_mode = int(initial_mode)
+        self._inner = _MovingAverageQuantizer(
+            num_bits=self.bits, per_axis=False, symmetric=False, narrow_range=False
+        )
+
+    def build(self, tensor_shape, name, layer):
+        weights = self._inner.build(tensor_shape, name, layer)
+        weights["act_mode"] = layer.add_weight(
+            f"{name}_{ACT_MODE_VARIABLE}",
+            shape=(),
+            dtype=tf.int32,
+            initializer=keras.initializers.Constant(self.initial_mode),
+            trainable=False,
+            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+        )
+        return weights
+
+    def __call__(self, inputs, training, weights, **kwargs):
+        mode = weights["act_mode"]
+        inner_weights = {k: v for k, v in weights.items() if k != "act_mode"}
+
+        def calibrate():
+            lo = tf.reduce_min(inputs)
+            hi = tf.reduce_max(inputs)
+            with tf.control_dependencies(
+                [
+                    inner_weights["min_var"].assign(tf.minimum(inner_weights["min_var"], lo)),
+                    inner_weights["max_var"].assign(tf.maximum(inner_weights["max_var"], hi)),
+                ]
+            ):
+                return tf.identity(inputs)
+
+        quantized = self._inner(inputs, training, inner_weights)
+        return tf.switch_case(
+            tf.clip_by_value(mode, 0, 2),
+            branch_fns=[lambda: tf.identity(inputs), lambda: quantized, calibrate],
+        )
+
+    def get_config(self):
+        return {"bits": self.bits, "initial_mode": self.initial_mode}
+
+    def __eq__(self, other):
+        return isinstance(other, SwitchableActivationQuantizer) and (
+            self.get_config() == other.get_config()
+        )
+
+    def __ne__(self, other):
+        return not self.__eq__(other)
