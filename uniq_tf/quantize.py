@@ -257,11 +257,13 @@ def output_quantizers(wrapper) -> list[tuple[SwitchableActivationQuantizer, dict
     return [(quantizers[0], wrapper._output_quantizer_vars)]
 
 
-def _float_kernel(wrapper, attr):
-    return getattr(wrapper.layer, attr) if not hasattr(wrapper, "_weight_vars") else next(
-        w for (w, _, _), a in zip(wrapper._weight_vars, wrapper.quantize_config.weight_quantizers)
-        if a == attr
-    )
+def float_kernel(wrapper, attr: str = "kernel") -> tf.Variable:
+    """The float variable behind a quantized kernel attribute (``wrapper.layer.<attr>`` holds the
+    quantized tensor of the last call instead)."""
+    for (variable, _, _), name in zip(wrapper._weight_vars, wrapper.quantize_config.weight_quantizers):
+        if name == attr:
+            return variable
+    raise KeyError(f"layer {wrapper.layer.name!r} has no quantized weight {attr!r}")
 
 
 def is_quantized_model(model) -> bool:
@@ -309,7 +311,7 @@ def get_codebooks(model) -> dict[str, Codebook]:
     out = {}
     for wrapper in kernel_wrappers(model):
         for attr, quantizer, _ in weight_quantizers(wrapper):
-            kernel = _float_kernel(wrapper, attr)
+            kernel = float_kernel(wrapper, attr)
             levels, indices = kquantile.codebook(
                 kernel, quantizer.bits, quantizer.channel_axes, quantizer.distribution
             )

@@ -1,0 +1,115 @@
+"""Property tests of the k-quantile math (shared/uniq-method.md sections 1-2)."""
+
+import numpy as np
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+from scipy.special import ndtr, ndtri
+
+from uniq_tf import kquantile
+from uniq_tf._keras import tf
+
+FAST = settings(max_examples=25, deadline=None)
+bits_st = st.integers(1, 6)
+finite = st.floats(-10, 10, allow_nan=False, allow_infinity=False, width=32)
+weights_st = arrays(np.float32, st.integers(2, 300), elements=finite)
+distribution_st = st.sampled_from(kquantile.DISTRIBUTIONS)
+
+
+@FAST
+@given(w=weights_st, bits=bits_st, distribution=distribution_st)
+def test_at_most_k_distinct_values_per_tensor(w, bits, distribution):
+    q = kquantile.quantize(w, bits, distribution=distribution).numpy()
+    assert len(np.unique(q)) <= 2**bits
+
+
+@FAST
+@given(
+    w=arrays(np.float32, (3, 3, 4, 5), elements=finite), bits=bits_st, distribution=distribution_st
+)
+def test_at_most_k_distinct_values_per_channel(w, bits, distribution):
+    q = kquantile.quantize(w, bits, channel_axes=(-1,), distribution=distribution).numpy()
+    for c in range(q.shape[-1]):
+        assert len(np.unique(q[..., c])) <= 2**bits
+    levels, indices = kquantile.codebook(w, bits, (-1,), distribution)
+    assert levels.shape == (5, 2**bits)
+    assert np.array_equal(np.take_along_axis(levels, indices.reshape(-1, 5).T, 1).T.reshape(q.shape), q)
+
+
+@settings(max_examples=8, deadline=None)
+@given(bits=st.integers(1, 4), seed=st.integers(0, 2**16), distribution=distribution_st)
+def test_bins_equally_probable_for_gaussian_input(bits, seed, distribution):
+    k = 2**bits
+    n = 40_000
+    w = np.random.default_rng(seed).normal(0.3, 2.0, n).astype(np.float32)
+    _, indices = kquantile.codebook(w, bits, distribution=distribution)
+    counts = np.bincount(indices.ravel(), minlength=k)
+    # Multinomial with p = 1/k: 5 standard deviations, plus the finite-sample error of the fit.
+    tolerance = 5 * np.sqrt(n / k * (1 - 1 / k)) + 0.01 * n / k
+    assert np.all(np.abs(counts - n / k) <= tolerance), counts
+
+
+@FAST
+@given(
+    w=arrays(np.float32, st.integers(8, 300), elements=st.floats(-3, 3, width=32)),
+    bits=bits_st,
+    high=st.booleans(),
+)
+def test_noisy_weight_stays_within_half_a_bin(w, bits, high):
+    # float32 resolves w_hat - mu only to ~1e-7 |mu|: a near-constant tensor says nothing here.
+    assume(np.std(w) > 1e-3 * max(1.0, abs(float(np.mean(w)))))
+    scale = 2.0 if high else 1.0
+    rows = tf.constant(w[None, :])
+    stats = kquantile.fit(rows)
+    u = kquantile.uniformize(rows, stats).numpy()
+    w_hat = kquantile.noisy_rows(rows, bits, noise_scale=scale).numpy()
+    u_hat = ndtr((w_hat.astype(np.float64) - stats.mu.numpy()) / stats.sigma.numpy())
+    half_bin = scale / (2 * 2**bits)
+    # float32 erf/erfinv round trip: ~1e-4 in u near the tails.
+    assert np.all(np.abs(u_hat - np.clip(u, 1e-5, 1 - 1e-5)) <= half_bin + 2e-4)
+
+
+@FAST
+@given(w=weights_st, bits=bits_st, distribution=distribution_st)
+def test_bin_index_is_monotone_in_the_weight(w, bits, distribution):
+    _, indices = kquantile.codebook(w, bits, distribution=distribution)
+    order = np.argsort(w, kind="stable")
+    assert np.all(np.diff(indices[order]) >= 0)
+
+
+@FAST
+@given(
+    w=arrays(np.float32, st.integers(16, 300), elements=st.floats(-5, 5, width=32)),
+    bits=st.integers(1, 8),
+)
+def test_gaussian_levels_match_closed_form(w, bits):
+    k = 2**bits
+    levels, indices = kquantile.codebook(w, bits)
+    mu = np.mean(w, dtype=np.float64)
+    sigma = max(np.std(w, dtype=np.float64), 1e-5)
+    expected = mu + sigma * ndtri((np.arange(k) + 0.5) / k)
+    np.testing.assert_allclose(levels, expected, rtol=1e-4, atol=1e-4 * sigma + 1e-6)
+    # u_q = clip((floor(u k) + 0.5) / k, 1/(2k), 1 - 1/(2k)) with u = Phi((w - mu) / sigma).
+    u = ndtr((w.astype(np.float64) - mu) / sigma)
+    expected_bins = np.clip(np.floor(u * k), 0, k - 1)
+    near_edge = np.abs(u * k - np.round(u * k)) < 1e-4  # float32 vs float64 on a bin edge
+    assert np.all((indices == expected_bins) | near_edge)
+
+
+@FAST
+@given(bits=st.integers(1, 5), n=st.integers(1, 20))
+def test_empirical_quantizer_splits_distinct_weights_into_equal_bins(bits, n):
+    k = 2**bits
+    w = np.random.default_rng(n).permutation(k * n).astype(np.float32)
+    _, indices = kquantile.codebook(w, bits, distribution="empirical")
+    assert np.array_equal(np.bincount(indices, minlength=k), np.full(k, n))
+
+
+def test_constant_tensor_does_not_divide_by_zero():
+    q = kquantile.quantize(np.full(10, 0.5, np.float32), 4).numpy()
+    assert np.all(np.isfinite(q)) and np.allclose(q, 0.5, atol=1e-4)
+
+
+def test_sixteen_bits_has_65536_levels():
+    levels, _ = kquantile.codebook(np.random.default_rng(0).normal(size=1000).astype("f4"), 16)
+    assert levels.shape == (65536,) and np.all(np.diff(levels) >= 0)
