@@ -33,7 +33,8 @@ def test_at_most_k_distinct_values_per_channel(w, bits, distribution):
         assert len(np.unique(q[..., c])) <= 2**bits
     levels, indices = kquantile.codebook(w, bits, (-1,), distribution)
     assert levels.shape == (5, 2**bits)
-    assert np.array_equal(np.take_along_axis(levels, indices.reshape(-1, 5).T, 1).T.reshape(q.shape), q)
+    per_channel = np.take_along_axis(levels, indices.reshape(-1, 5).T, 1).T
+    assert np.array_equal(per_channel.reshape(q.shape), q)
 
 
 @settings(max_examples=8, deadline=None)

@@ -20,7 +20,12 @@ from uniq_tf.quantize import (
     quantize_scope,
     strip_quantization,
 )
-from uniq_tf.quantizers import ActMode, KQuantileWeightQuantizer, Mode, SwitchableActivationQuantizer
+from uniq_tf.quantizers import (
+    ActMode,
+    KQuantileWeightQuantizer,
+    Mode,
+    SwitchableActivationQuantizer,
+)
 
 __version__ = "0.1.0"
 

@@ -24,7 +24,7 @@ C = output channels per channel), N weights per row.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 from scipy.special import ndtri
@@ -39,7 +39,7 @@ U_CLIP = 1e-5
 _SQRT2 = np.sqrt(2.0)
 
 
-@lru_cache(maxsize=None)
+@cache
 def standard_levels(bits: int) -> np.ndarray:
     """Phi^-1((i + 0.5) / k) for i = 0..k-1: the codebook of a standard normal (float64)."""
     k = 2**bits
@@ -152,6 +152,18 @@ def quantize_rows(rows: tf.Tensor, bits: int, distribution: str = GAUSSIAN):
     return tf.gather(codebook, indices, batch_dims=1), codebook, indices
 
 
+def _replica_seed() -> tf.Tensor:
+    """A fresh stateless seed per call that differs between tf.distribute replicas.
+
+    Stateful random ops with the same seeds draw the same numbers on every replica; the noise
+    is meant to be independent per replica, so the replica id goes into the seed.
+    """
+    context = tf.distribute.get_replica_context()
+    replica = 0 if context is None else context.replica_id_in_sync_group
+    base = tf.random.uniform([2], 0, 2**31 - 1, dtype=tf.int64)
+    return base + tf.stack([tf.cast(replica, tf.int64), tf.constant(0, tf.int64)])
+
+
 def noisy_rows(
     rows: tf.Tensor, bits: int, distribution: str = GAUSSIAN, noise_scale: float = 1.0
 ) -> tf.Tensor:
@@ -159,7 +171,9 @@ def noisy_rows(
     stats = fit(rows, distribution)
     half_width = noise_scale / (2.0 * 2**bits)
     u = uniformize(rows, stats)
-    e = tf.random.uniform(tf.shape(rows), -half_width, half_width, dtype=rows.dtype)
+    e = tf.random.stateless_uniform(
+        tf.shape(rows), _replica_seed(), -half_width, half_width, dtype=rows.dtype
+    )
     return inverse(tf.clip_by_value(u + e, U_CLIP, 1.0 - U_CLIP), stats)
 
 

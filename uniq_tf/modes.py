@@ -24,7 +24,9 @@ def _select(model, layers: Iterable[str] | None) -> list:
     by_name = {w.layer.name: w for w in found}
     unknown = sorted(wanted - set(by_name))
     if unknown:
-        raise ValueError(f"No quantized layers named {unknown}; quantized layers: {sorted(by_name)}")
+        raise ValueError(
+            f"No quantized layers named {unknown}; quantized layers: {sorted(by_name)}"
+        )
     return [by_name[n] for n in by_name if n in wanted]
 
 

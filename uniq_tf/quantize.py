@@ -245,7 +245,7 @@ def weight_quantizers(wrapper) -> list[tuple[str, KQuantileWeightQuantizer, dict
     attrs = list(config.weight_quantizers)
     return [
         (attr, quantizer, variables)
-        for attr, (_, quantizer, variables) in zip(attrs, wrapper._weight_vars)
+        for attr, (_, quantizer, variables) in zip(attrs, wrapper._weight_vars, strict=False)
     ]
 
 
@@ -260,7 +260,8 @@ def output_quantizers(wrapper) -> list[tuple[SwitchableActivationQuantizer, dict
 def float_kernel(wrapper, attr: str = "kernel") -> tf.Variable:
     """The float variable behind a quantized kernel attribute (``wrapper.layer.<attr>`` holds the
     quantized tensor of the last call instead)."""
-    for (variable, _, _), name in zip(wrapper._weight_vars, wrapper.quantize_config.weight_quantizers):
+    names = wrapper.quantize_config.weight_quantizers
+    for (variable, _, _), name in zip(wrapper._weight_vars, names, strict=True):
         if name == attr:
             return variable
     raise KeyError(f"layer {wrapper.layer.name!r} has no quantized weight {attr!r}")

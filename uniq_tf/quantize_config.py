@@ -43,7 +43,7 @@ class KernelQuantizeConfig(_QuantizeConfig):
         return []
 
     def set_quantize_weights(self, layer, quantize_weights):
-        for attr, weight in zip(self.weight_quantizers, quantize_weights):
+        for attr, weight in zip(self.weight_quantizers, quantize_weights, strict=False):
             setattr(layer, attr, weight)
 
     def set_quantize_activations(self, layer, quantize_activations):

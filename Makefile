@@ -1,0 +1,47 @@
+# Two commands matter: `make demo` and `make test`. Both create .venv when it is missing.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.uniq_tf-installed
+OUT ?= outputs/demo
+export TF_USE_LEGACY_KERAS := 1
+export TF_CPP_MIN_LOG_LEVEL := 2
+export CUDA_VISIBLE_DEVICES :=
+
+.PHONY: venv demo test bench bench-quick lint clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt setup.py
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python examples/train.py --output_dir=$(OUT)/train
+	$(BIN)/python examples/export_tflite.py --model=$(OUT)/train/quantized_model.h5 \
+		--output_dir=$(OUT)/tflite --dataset=digits
+	$(BIN)/python examples/export_fpga.py --model=$(OUT)/train/quantized_model.h5 \
+		--output_dir=$(OUT)/fpga --overwrite
+	@echo
+	@echo "Demo outputs are in $(OUT)/:"
+	@echo "  $(OUT)/train   trained float and UNIQ models, history.json, summary.json (accuracies, BOPs)"
+	@echo "  $(OUT)/tflite  float and int8 TFLite models, packed codebook weights, size report"
+	@echo "  $(OUT)/fpga    FINN bundle: model.onnx (QONNX), codebooks.npz, descriptor.json, build configs"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python bench/run_all.py
+
+bench-quick: $(STAMP)
+	$(BIN)/python bench/run_all.py --quick
+
+lint: $(STAMP)
+	$(BIN)/ruff check uniq_tf tflite_export fpga_export examples tests bench
+
+clean:
+	rm -rf outputs .pytest_cache .hypothesis

@@ -1,0 +1,658 @@
+"""BOPs (bit operations): the UNIQ paper's complexity measure, per layer and per model.
+
+Baskin et al. 2021 (shared/uniq-method.md section 6). An output element that sums ``f``
+products of b_a-bit activations and b_w-bit weights costs
+
+    BOPs = f * (b_a * b_w + b_a + b_w + log2(f))
+
+f multiplications (b_a * b_w each) and f additions at the accumulator width
+b_o = b_a + b_w + log2(f). A conv layer with m output channels, n input channels, a k_h x k_w
+kernel and P output positions has f = n k_h k_w / groups and m P output elements, so for
+groups = 1: ``m n k^2 (b_a b_w + b_a + b_w + log2(n k^2)) P``. Depthwise conv is groups = n,
+Dense is k = 1 with one position. log2 is the real logarithm, as in the paper. The simpler count
+other tools report (``qonnx.util.inference_cost``'s total_bops) is ``MACs * b_w * b_a``.
+
+Bit widths (``summary``): b_w is the kernel quantizer's codebook index width; b_a of a layer is
+the width of the nearest activation quantizer upstream of its input, found by walking the graph
+back through layers that keep the bit width (:data:`PASS_THROUGH_TYPES`; merges take the widest
+input). The model input counts ``input_bits``; any other producer without a quantizer (a conv
+output, a float layer) counts 32. A kernel layer left in float counts 32 x 32.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+import warnings
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from uniq_tf import quantize, registry
+from uniq_tf._keras import keras, require_keras2_model, tf
+from uniq_tf.quantize_config import KernelQuantizeConfig
+
+L = keras.layers
+FLOAT_BITS = 32
+CODEBOOK_ENTRY_BITS = 32
+INPUT_BITS_RANGE = (1, 32)
+
+# Layers whose output carries the bit width of their input: normalization and rescaling
+# (folded into the producer or the thresholds by deployment), routing, pooling and padding.
+PASS_THROUGH_TYPES: tuple[type, ...] = (
+    L.BatchNormalization, L.Rescaling, L.Normalization,
+    L.Dropout, L.GaussianNoise, L.GaussianDropout,
+    L.Flatten, L.Reshape, L.Permute,
+    L.ZeroPadding1D, L.ZeroPadding2D, L.ZeroPadding3D,
+    L.Cropping1D, L.Cropping2D, L.Cropping3D,
+    L.MaxPooling1D, L.MaxPooling2D, L.MaxPooling3D,
+    L.AveragePooling1D, L.AveragePooling2D, L.AveragePooling3D,
+    L.GlobalMaxPooling1D, L.GlobalMaxPooling2D, L.GlobalMaxPooling3D,
+    L.GlobalAveragePooling1D, L.GlobalAveragePooling2D, L.GlobalAveragePooling3D,
+    L.Add, L.Subtract, L.Average, L.Maximum, L.Minimum, L.Concatenate,
+)
+# An un-quantized ReLU keeps its input's grid; other non-linearities leave it (count 32).
+_GRID_KEEPING_ACTIVATIONS = ("linear", "relu")
+
+_FIXED_SHAPE_ADVICE = (
+    "Build the model with a fixed input shape, e.g. keras.Input(shape=(224, 224, 3)) or "
+    "keras.applications.MobileNet(input_shape=(224, 224, 3), weights=None); nested models "
+    "need one too."
+)
+
+
+# --------------------------------------------------------------------------- pure formulas
+
+
+def _positive_int(value, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) and not hasattr(value, "__index__"):
+        raise ValueError(f"{what} must be a positive integer, got {value!r}")
+    if int(value) < 1:
+        raise ValueError(f"{what} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def accumulator_bits(fan_in: int, b_w: int, b_a: int) -> float:
+    """b_o = b_a + b_w + log2(fan_in): the width of a sum of ``fan_in`` b_a x b_w products."""
+    return b_a + b_w + math.log2(_positive_int(fan_in, "fan_in"))
+
+
+def output_bops(fan_in: int, b_w: int, b_a: int) -> float:
+    """BOPs of one output element: fan_in * (b_a b_w + b_o)."""
+    return fan_in * (b_a * b_w + accumulator_bits(fan_in, b_w, b_a))
+
+
+def conv_fan_in(n: int, k_h: int, k_w: int, groups: int = 1) -> int:
+    """Products summed into one output of a conv with n input channels: n k_h k_w / groups."""
+    n, groups = _positive_int(n, "n"), _positive_int(groups, "groups")
+    if n % groups:
+        raise ValueError(f"input channels n={n} are not divisible by groups={groups}")
+    return n // groups * _positive_int(k_h, "k_h") * _positive_int(k_w, "k_w")
+
+
+def conv_macs(m: int, n: int, k_h: int, k_w: int, out_positions: int, groups: int = 1) -> int:
+    """Multiply-accumulates of a conv: m * (n / groups) * k_h * k_w * out_positions."""
+    m, groups = _positive_int(m, "m"), _positive_int(groups, "groups")
+    if m % groups:
+        raise ValueError(f"output channels m={m} are not divisible by groups={groups}")
+    return m * conv_fan_in(n, k_h, k_w, groups) * _positive_int(out_positions, "out_positions")
+
+
+def conv_bops(
+    m: int, n: int, k_h: int, k_w: int, b_w: int, b_a: int, out_positions: int, groups: int = 1
+) -> float:
+    """The paper's BOPs of a conv: m P f (b_a b_w + b_a + b_w + log2 f), f = n k_h k_w / groups.
+
+    m output channels, n input channels, P = ``out_positions`` (output height x width, already
+    reflecting strides, padding and dilation).
+    """
+    fan_in = conv_fan_in(n, k_h, k_w, groups)
+    elements = conv_macs(m, n, k_h, k_w, out_positions, groups) // fan_in
+    return elements * output_bops(fan_in, _bits(b_w, "b_w"), _bits(b_a, "b_a"))
+
+
+def depthwise_macs(
+    channels: int, k_h: int, k_w: int, out_positions: int, multiplier: int = 1
+) -> int:
+    """Depthwise conv: m = channels * multiplier outputs, each over k_h k_w inputs (n = 1)."""
+    m = _positive_int(channels, "channels") * _positive_int(multiplier, "multiplier")
+    return conv_macs(m, channels, k_h, k_w, out_positions, groups=channels)
+
+
+def depthwise_bops(
+    channels: int, k_h: int, k_w: int, b_w: int, b_a: int, out_positions: int,
+    multiplier: int = 1,
+) -> float:
+    m = _positive_int(channels, "channels") * _positive_int(multiplier, "multiplier")
+    return conv_bops(m, channels, k_h, k_w, b_w, b_a, out_positions, groups=channels)
+
+
+def dense_macs(n_in: int, n_out: int, positions: int = 1) -> int:
+    """Dense layer: n_in * n_out per position (a conv with k = 1)."""
+    return conv_macs(n_out, n_in, 1, 1, positions)
+
+
+def dense_bops(n_in: int, n_out: int, b_w: int, b_a: int, positions: int = 1) -> float:
+    return conv_bops(n_out, n_in, 1, 1, b_w, b_a, positions)
+
+
+def simple_bops(macs: int, b_w: int, b_a: int) -> int:
+    """MACs * b_w * b_a, the count qonnx.util.inference_cost reports as total_bops."""
+    return int(macs) * _bits(b_w, "b_w") * _bits(b_a, "b_a")
+
+
+def conv_output_length(
+    length: int, kernel: int, stride: int = 1, padding: str = "valid", dilation: int = 1
+) -> int:
+    """Output length of a conv/pool along one axis (Keras' padding semantics)."""
+    span = (_positive_int(kernel, "kernel") - 1) * _positive_int(dilation, "dilation") + 1
+    stride = _positive_int(stride, "stride")
+    if padding in ("same", "causal"):
+        return -(-length // stride)
+    if padding == "valid":
+        return max(0, -(-(length - span + 1) // stride))
+    raise ValueError(f"padding must be 'valid', 'same' or 'causal', got {padding!r}")
+
+
+def _bits(value, what: str) -> int:
+    bits = _positive_int(value, what)
+    if bits > FLOAT_BITS:
+        raise ValueError(f"{what} must be in 1..{FLOAT_BITS}, got {bits}")
+    return bits
+
+
+@dataclass(frozen=True)
+class KernelOp:
+    """One multiply-accumulate stage of a layer (SeparableConv2D has two): m * positions
+    outputs, each a sum of (n / groups) k_h k_w products of b_a-bit and b_w-bit operands."""
+
+    part: str
+    m: int
+    n: int
+    k_h: int
+    k_w: int
+    groups: int
+    positions: int
+    b_w: int
+    b_a: int
+
+    @property
+    def macs(self) -> int:
+        return conv_macs(self.m, self.n, self.k_h, self.k_w, self.positions, self.groups)
+
+    @property
+    def bops(self) -> float:
+        return conv_bops(
+            self.m, self.n, self.k_h, self.k_w, self.b_w, self.b_a, self.positions, self.groups
+        )
+
+    @property
+    def bops_simple(self) -> int:
+        return simple_bops(self.macs, self.b_w, self.b_a)
+
+    def to_dict(self) -> dict:
+        return {
+            "part": self.part, "m": self.m, "n": self.n, "k_h": self.k_h, "k_w": self.k_w,
+            "groups": self.groups, "positions": self.positions, "weight_bits": self.b_w,
+            "activation_bits": self.b_a, "macs": self.macs, "bops": self.bops,
+            "bops_simple": self.bops_simple,
+        }
+
+
+def kernel_ops(
+    layer, output_shape, weight_bits: Mapping[str, int], b_a: int, intermediate_bits: int
+) -> list[KernelOp]:
+    """The multiply-accumulate stages of a built Conv1D/Conv2D/DepthwiseConv2D/
+    SeparableConv2D/Dense ``layer`` whose output has ``output_shape`` (batch axis first).
+
+    ``weight_bits`` maps kernel attributes to b_w; ``b_a`` is the input's width and
+    ``intermediate_bits`` the width of SeparableConv2D's depthwise output, which feeds its
+    pointwise stage.
+    """
+    dims = list(output_shape)[1:]
+    if any(d is None for d in dims):
+        raise ValueError(
+            f"Layer {layer.name!r} ({type(layer).__name__}) has output shape "
+            f"{tuple(output_shape)} with unknown dimensions, so its MACs and BOPs cannot be "
+            f"counted. {_FIXED_SHAPE_ADVICE}"
+        )
+    channels_first = getattr(layer, "data_format", "channels_last") == "channels_first"
+    positions = math.prod(dims[1:] if channels_first else dims[:-1])
+    spatial = lambda shape: (shape[0], shape[1] if len(shape) == 4 else 1)  # noqa: E731
+    if isinstance(layer, L.SeparableConv2D):
+        k_h, k_w, cin, mult = layer.depthwise_kernel.shape
+        cout = layer.pointwise_kernel.shape[-1]
+        return [
+            KernelOp("depthwise_kernel", cin * mult, cin, k_h, k_w, cin, positions,
+                     weight_bits["depthwise_kernel"], b_a),
+            KernelOp("pointwise_kernel", cout, cin * mult, 1, 1, 1, positions,
+                     weight_bits["pointwise_kernel"], intermediate_bits),
+        ]
+    if isinstance(layer, L.DepthwiseConv2D):
+        k_h, k_w, cin, mult = layer.depthwise_kernel.shape
+        return [KernelOp("depthwise_kernel", cin * mult, cin, k_h, k_w, cin, positions,
+                         weight_bits["depthwise_kernel"], b_a)]
+    if isinstance(layer, (L.Conv1D, L.Conv2D)):
+        shape = tuple(layer.kernel.shape)
+        k_h, k_w = spatial(shape)
+        groups = getattr(layer, "groups", 1)
+        return [KernelOp("kernel", shape[-1], shape[-2] * groups, k_h, k_w, groups, positions,
+                         weight_bits["kernel"], b_a)]
+    if isinstance(layer, L.Dense):
+        n_in, n_out = layer.kernel.shape
+        return [KernelOp("kernel", n_out, n_in, 1, 1, 1, math.prod(dims[:-1]),
+                         weight_bits["kernel"], b_a)]
+    raise TypeError(f"Layer {layer.name!r}: no BOPs formula for {type(layer).__name__}")
+
+
+# --------------------------------------------------------------------------- bit widths
+
+
+def _inner(layer):
+    return layer.layer if isinstance(layer, quantize.QuantizeWrapper) else layer
+
+
+def _node_key(layer, node_index: int) -> str:
+    # tf_keras' Functional._network_nodes uses this key format for the nodes a model owns.
+    return f"{layer.name}_ib-{node_index}"
+
+
+class _BitResolver:
+    """Bit widths on a model's graph, given each quantized layer's QuantizeConfig by name.
+
+    A tensor is named by its Keras history (layer, node_index, tensor_index) plus a scope:
+    the stack of (nested model, the node calling it) frames that reached it, so the walk
+    crosses nested-model boundaries both ways.
+    """
+
+    def __init__(self, configs: Mapping[str, object], input_bits: int):
+        self.configs = configs
+        self.input_bits = input_bits
+        self._memo: dict = {}
+
+    def config(self, layer):
+        return self.configs.get(layer.name)
+
+    def input_width(self, node, scope: tuple) -> int:
+        """The widest activation entering ``node`` (merges take the max of their inputs)."""
+        widths = [self.width(lyr, ni, ti, scope) for lyr, ni, ti, _ in node.iterate_inbound()]
+        return max(widths) if widths else self.input_bits
+
+    def width(self, layer, node_index: int, tensor_index: int, scope: tuple) -> int:
+        key = (id(layer), node_index, tensor_index, tuple(id(n) for _, n in scope))
+        if key not in self._memo:
+            self._memo[key] = self._width(layer, node_index, tensor_index, scope)
+        return self._memo[key]
+
+    def _width(self, layer, node_index, tensor_index, scope) -> int:
+        if isinstance(layer, L.InputLayer):
+            if not scope:
+                return self.input_bits
+            model, node = scope[-1]
+            position = [t._keras_history.layer for t in model.inputs].index(layer)
+            outer_layer, ni, ti, _ = list(node.iterate_inbound())[position]
+            return self.width(outer_layer, ni, ti, scope[:-1])
+        if isinstance(layer, keras.Model):
+            history = tf.nest.flatten(layer.outputs)[tensor_index]._keras_history
+            frame = (layer, layer._inbound_nodes[node_index])
+            return self.width(
+                history.layer, history.node_index, history.tensor_index, (*scope, frame)
+            )
+        config = self.config(layer)
+        bits = getattr(config, "activation_bits", None)
+        if bits is not None:
+            return bits
+        if config is None and _keeps_bit_width(_inner(layer)):
+            return self.input_width(layer._inbound_nodes[node_index], scope)
+        return FLOAT_BITS
+
+
+def _keeps_bit_width(layer) -> bool:
+    if isinstance(layer, PASS_THROUGH_TYPES):
+        return True
+    if isinstance(layer, L.ReLU):
+        return True
+    if isinstance(layer, L.Activation):
+        return registry.activation_name(layer) in _GRID_KEEPING_ACTIVATIONS
+    return False
+
+
+def _model_nodes(model, scope: tuple = ()):
+    """(layer, node, scope) for every layer call in ``model``, forward order, nested models
+    entered (their layers listed instead of the model)."""
+    for layer in model.layers:
+        for node_index, node in enumerate(layer._inbound_nodes):
+            if _node_key(layer, node_index) not in model._network_nodes:
+                continue
+            if isinstance(layer, keras.Model):
+                yield from _model_nodes(layer, (*scope, (layer, node)))
+            elif not isinstance(layer, L.InputLayer):
+                yield layer, node, scope
+
+
+# --------------------------------------------------------------------------- the report
+
+
+@dataclass
+class BopsReport:
+    """Per-layer costs of one model (``layers``: one dict per layer call, forward order)."""
+
+    model: str
+    input_bits: int
+    layers: list[dict]
+
+    @property
+    def total_bops(self) -> float:
+        """The paper's BOPs, summed over layers."""
+        return sum(row["bops"] for row in self.layers)
+
+    @property
+    def total_bops_simple(self) -> int:
+        """MACs * b_w * b_a, summed over layers (qonnx's total_bops)."""
+        return sum(row["bops_simple"] for row in self.layers)
+
+    @property
+    def total_macs(self) -> int:
+        return sum(row["macs"] for row in self.layers)
+
+    @property
+    def total_params(self) -> int:
+        return sum(row["params"] for row in self.layers)
+
+    @property
+    def total_weight_memory_bits(self) -> int:
+        return sum(row["weight_memory_bits"] for row in self.layers)
+
+    def to_dict(self) -> dict:
+        return {
+            "model": self.model,
+            "input_bits": self.input_bits,
+            "total_bops": self.total_bops,
+            "total_bops_simple": self.total_bops_simple,
+            "total_macs": self.total_macs,
+            "total_params": self.total_params,
+            "total_weight_memory_bits": self.total_weight_memory_bits,
+            "layers": [dict(row) for row in self.layers],
+        }
+
+    def to_json(self, path: str | os.PathLike | None = None, indent: int = 2) -> str:
+        text = json.dumps(self.to_dict(), indent=indent)
+        if path is not None:
+            _write_atomic(path, text)
+        return text
+
+    def to_csv(self, path: str | os.PathLike | None = None) -> str:
+        """One row per layer; the columns of :data:`CSV_COLUMNS` (no totals row)."""
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        for row in self.layers:
+            writer.writerow({**row, "output_shape": "x".join(
+                "?" if d is None else str(d) for d in row["output_shape"][1:])})
+        text = buffer.getvalue()
+        if path is not None:
+            _write_atomic(path, text)
+        return text
+
+    def table(self) -> str:
+        """The per-layer table with totals, in the style of larq.models.summary."""
+        return _format_table(self)
+
+    __str__ = table
+
+    def __repr__(self) -> str:
+        return (
+            f"BopsReport(model={self.model!r}, layers={len(self.layers)}, "
+            f"total_macs={self.total_macs}, total_bops={self.total_bops:.6g}, "
+            f"total_bops_simple={self.total_bops_simple})"
+        )
+
+
+CSV_COLUMNS = (
+    "name", "type", "output_shape", "params", "weight_bits", "activation_bits",
+    "codebook_size", "codebooks", "macs", "bops", "bops_simple", "weight_memory_bits",
+)
+
+
+def _write_atomic(path, text: str) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp_", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def summary(
+    model,
+    weight_bits: int | None = None,
+    activation_bits: int | None = None,
+    *,
+    layer_bits: Mapping[str, tuple[int | None, int | None]] | None = None,
+    skip_layers: Iterable[str] = (),
+    per_channel: bool = False,
+    input_bits: int = 8,
+) -> BopsReport:
+    """Per-layer MACs, BOPs (paper and MACs x b_w x b_a), bit widths and weight memory.
+
+    For a model made by ``uniq_tf.quantize_model`` the bit widths are read from its quantizers
+    and no bit arguments are allowed. For a float model, pass the plan you would give
+    ``quantize_model`` (``weight_bits``, ``activation_bits``, ``layer_bits``, ``skip_layers``,
+    ``per_channel``), resolved by the same rules, to price it before training; with no bits
+    the float model is priced at 32 x 32 everywhere. See the module docstring for how each
+    layer's activation width is found. ``print(report)`` shows the table.
+
+    Args:
+        model: a built tf_keras Sequential/Functional model with a fixed input shape.
+        input_bits: the width of the model input (8 for image data), 1..32.
+    """
+    model = require_keras2_model(model)
+    _check_priceable(model, f"model {model.name!r}")
+    input_bits = _bits(input_bits, "input_bits")
+    spec_given = (
+        weight_bits is not None or activation_bits is not None or layer_bits is not None
+        or bool(skip_layers) or per_channel
+    )
+    if quantize.is_quantized_model(model):
+        if spec_given:
+            raise ValueError(
+                f"Model {model.name!r} is already quantized: summary reads its bit widths from "
+                "its quantizers. Bit arguments (weight_bits, activation_bits, layer_bits, "
+                "skip_layers, per_channel) apply to float models only."
+            )
+        configs = {w.name: w.quantize_config for w in quantize.wrappers(model)}
+    elif spec_given:
+        configs = _plan(model, weight_bits, activation_bits, layer_bits, skip_layers, per_channel)
+    else:
+        configs = {}
+    return BopsReport(model.name, input_bits, _rows(model, _BitResolver(configs, input_bits)))
+
+
+def _check_priceable(model, where: str) -> None:
+    if not model.built or not getattr(model, "_is_graph_network", False):
+        raise ValueError(
+            f"{where} ({type(model).__name__}) has no graph with known shapes: it is "
+            f"{'not built' if not model.built else 'subclassed or built without an Input'}. "
+            f"BOPs need every layer's output shape. {_FIXED_SHAPE_ADVICE}"
+        )
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            _check_priceable(layer, f"nested model {layer.name!r}")
+
+
+def _plan(model, weight_bits, activation_bits, layer_bits, skip_layers, per_channel) -> dict:
+    """The QuantizeConfigs quantize_model would give ``model``, by layer name."""
+    if weight_bits is None or activation_bits is None:
+        raise ValueError(
+            "To price a float model as quantized, give both weight_bits and activation_bits "
+            f"(got weight_bits={weight_bits!r}, activation_bits={activation_bits!r}); "
+            "layer_bits then overrides them per layer. Give none of them to price it in float."
+        )
+    weight_bits = quantize._check_bits(weight_bits, quantize.WEIGHT_BITS_RANGE, "weight_bits")
+    activation_bits = quantize._check_bits(
+        activation_bits, quantize.ACTIVATION_BITS_RANGE, "activation_bits"
+    )
+    skip_layers = {skip_layers} if isinstance(skip_layers, str) else set(skip_layers)
+    layer_bits = dict(layer_bits or {})
+    names = [layer.name for layer in quantize.flatten_layers(model)]
+    unknown = sorted((set(layer_bits) | skip_layers) - set(names))
+    if unknown:
+        raise ValueError(
+            f"Unknown layer names {unknown} in layer_bits/skip_layers of model {model.name!r}. "
+            f"Layers are: {names}"
+        )
+    checked = {}
+    for name, pair in layer_bits.items():
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise ValueError(
+                f"layer_bits[{name!r}] must be a pair (weight_bits, activation_bits), got {pair!r}"
+            )
+        ranges = (quantize.WEIGHT_BITS_RANGE, quantize.ACTIVATION_BITS_RANGE)
+        checked[name] = tuple(
+            None if b is None else quantize._check_bits(b, allowed, f"layer_bits[{name!r}][{i}]")
+            for i, (b, allowed) in enumerate(zip(pair, ranges))
+        )
+    return quantize._plan(
+        model, weight_bits, activation_bits, checked, skip_layers, bool(per_channel),
+        "gaussian", 1.0,
+    )
+
+
+def _rows(model, resolver: _BitResolver) -> list[dict]:
+    rows, seen, unpriced = [], {}, []
+    for layer, node, scope in _model_nodes(model):
+        seen[layer.name] = seen.get(layer.name, 0) + 1
+        name = layer.name if seen[layer.name] == 1 else f"{layer.name}[call {seen[layer.name]}]"
+        inner = _inner(layer)
+        output_shape = tuple(tf.nest.flatten(node.outputs)[0].shape)
+        row = {
+            "name": name, "type": type(inner).__name__, "output_shape": list(output_shape),
+            "params": inner.count_params(), "weight_bits": None, "activation_bits": None,
+            "codebook_size": None, "codebooks": 0, "macs": 0, "bops": 0.0, "bops_simple": 0,
+            "weight_memory_bits": inner.count_params() * FLOAT_BITS,
+        }
+        if registry.kernel_attributes(inner) is not None:
+            row.update(_kernel_row(inner, resolver.config(layer), output_shape,
+                                   resolver.input_width(node, scope)))
+        elif inner.weights and not isinstance(inner, PASS_THROUGH_TYPES):
+            unpriced.append(f"{name} ({type(inner).__name__})")
+        rows.append(row)
+    if unpriced:
+        warnings.warn(
+            "BOPs count Conv1D, Conv2D, DepthwiseConv2D, SeparableConv2D and Dense layers only; "
+            "these layers hold weights but are not counted: " + ", ".join(unpriced),
+            stacklevel=3,
+        )
+    return rows
+
+
+def _kernel_row(layer, config, output_shape, b_a: int) -> dict:
+    attrs = registry.kernel_attributes(layer)
+    if isinstance(config, KernelQuantizeConfig):
+        quantizers = config.weight_quantizers
+        weight_bits = {attr: quantizers[attr].bits for attr in attrs}
+    else:
+        quantizers, b_a = {}, FLOAT_BITS
+        weight_bits = dict.fromkeys(attrs, FLOAT_BITS)
+    # SeparableConv2D's depthwise output has no quantizer of its own: a float intermediate.
+    ops = kernel_ops(layer, output_shape, weight_bits, b_a, FLOAT_BITS)
+    memory, codebooks, kernel_params = 0, 0, 0
+    for attr in attrs:
+        shape = tuple(getattr(layer, attr).shape)
+        size = math.prod(shape)
+        kernel_params += size
+        quantizer = quantizers.get(attr)
+        if quantizer is None:
+            memory += size * FLOAT_BITS
+            continue
+        count = math.prod(shape[a] for a in quantizer.channel_axes or ())
+        codebooks += count
+        memory += size * quantizer.bits + count * 2**quantizer.bits * CODEBOOK_ENTRY_BITS
+    memory += (layer.count_params() - kernel_params) * FLOAT_BITS
+    first = ops[0]
+    return {
+        "weight_bits": first.b_w,
+        "activation_bits": first.b_a,
+        "codebook_size": 2**first.b_w if quantizers else None,
+        "codebooks": codebooks,
+        "macs": sum(op.macs for op in ops),
+        "bops": sum(op.bops for op in ops),
+        "bops_simple": sum(op.bops_simple for op in ops),
+        "weight_memory_bits": memory,
+        "parts": [op.to_dict() for op in ops],
+    }
+
+
+# --------------------------------------------------------------------------- table
+
+
+def _si(value: float) -> str:
+    if value == 0:
+        return "0"
+    for exponent, suffix in ((15, "P"), (12, "T"), (9, "G"), (6, "M"), (3, "k")):
+        if abs(value) >= 10**exponent:
+            return f"{value / 10**exponent:.4g}{suffix}"
+    return f"{value:.4g}"
+
+
+def _bits_text(row: dict, key: str) -> str:
+    values = [part[key] for part in row.get("parts", [])]
+    return "/".join(dict.fromkeys(str(v) for v in values)) if values else ""
+
+
+_COLUMNS = (
+    ("Layer", "<"), ("Type", "<"), ("Output shape", "<"), ("Params", ">"), ("W bits", ">"),
+    ("A bits", ">"), ("Codebook", ">"), ("MACs", ">"), ("BOPs", ">"), ("MACs*bw*ba", ">"),
+    ("W memory", ">"),
+)
+
+
+def _format_table(report: BopsReport) -> str:
+    cells = [
+        (
+            row["name"], row["type"],
+            "(" + ", ".join("?" if d is None else str(d) for d in row["output_shape"][1:]) + ")",
+            f"{row['params']:,}", _bits_text(row, "weight_bits"),
+            _bits_text(row, "activation_bits"),
+            "" if row["codebook_size"] is None else str(row["codebook_size"]),
+            _si(row["macs"]), _si(row["bops"]), _si(row["bops_simple"]),
+            _si(row["weight_memory_bits"]),
+        )
+        for row in report.layers
+    ]
+    totals = (
+        "Total", "", "", f"{report.total_params:,}", "", "", "", _si(report.total_macs),
+        _si(report.total_bops), _si(report.total_bops_simple),
+        _si(report.total_weight_memory_bits),
+    )
+    widths = [
+        max(len(title), *(len(c[i]) for c in [*cells, totals]))
+        for i, (title, _) in enumerate(_COLUMNS)
+    ]
+
+    def line(values):
+        return "  ".join(
+            f"{v:{align}{w}}" for v, (_, align), w in zip(values, _COLUMNS, widths)
+        ).rstrip()
+
+    rule = "-" * len(line([title for title, _ in _COLUMNS]))
+    float_bits = report.total_params * FLOAT_BITS
+    ratio = float_bits / report.total_weight_memory_bits if report.total_weight_memory_bits else 0
+    return "\n".join([
+        f"BOPs summary of {report.model!r} (model input: {report.input_bits} bits; "
+        "A bits = width of the activations a layer multiplies)",
+        rule, line([title for title, _ in _COLUMNS]), rule,
+        *(line(c) for c in cells), rule, line(totals), rule,
+        f"Total MACs: {report.total_macs:,}",
+        f"Total BOPs (paper, m n k^2 (b_a b_w + b_a + b_w + log2 n k^2) P): "
+        f"{report.total_bops:.6g}",
+        f"Total BOPs (MACs x b_w x b_a): {report.total_bops_simple:,}",
+        f"Weight memory: {report.total_weight_memory_bits / 8 / 2**20:.3f} MiB "
+        f"({ratio:.2f}x smaller than float32's {float_bits / 8 / 2**20:.3f} MiB)",
+    ])

@@ -1,0 +1,328 @@
+"""UNIQ's gradual (stage-wise) quantization as a Keras callback (shared/uniq-method.md section 3).
+
+The quantized kernel layers, in forward order, are split into stages. With ``w`` warm-up epochs
+and ``e`` epochs per stage, epoch ``t`` is in stage
+
+    s(t) = -1                      if t < w            (warm-up: everything float)
+           (t - w) // e            if that is < n      (stage s trains with noise)
+           n                       otherwise           (all quantized, final fine-tuning)
+
+and at stage s a layer of stage i is
+
+    i < s:   weights QUANTIZED (codebook) and frozen; activations QUANTIZED
+    i == s:  weights NOISY (trained with UNIQ noise);  activations QUANTIZED
+    i > s:   weights FLOAT (trained);                  activations FLOAT
+
+An activation quantizer belongs to the stage of its ``config.owner`` kernel layer (owner None:
+quantized from stage 0 on). Stage is a pure function of the epoch, applied in every
+``on_epoch_begin``, so a run resumed by ``BackupAndRestore`` or ``initial_epoch`` continues at the
+right stage. Modes are tf.Variables: changing them does not retrace the train function.
+
+Freezing. TFMOT's QuantizeWrapperV2 ignores its ``trainable`` flag (its ``trainable_weights``
+always lists the wrapped kernel and bias, and setting it duplicates weights in ``weights``), so
+freezing by ``trainable`` leaves the kernel to the optimizer. Instead, while ``fit`` runs, this
+callback filters the frozen kernels out of ``model.optimizer.apply_gradients``: a frozen kernel
+gets no gradient step, no momentum step, no weight decay and no step from its kernel
+regularizer. Only the quantized kernels freeze; biases and batch norm keep training, and they are
+what the ``final_epochs`` fine-tune. The filter is read when the train function is traced, so it
+is rebuilt (one retrace) when the frozen set grows, that is once per stage change after stage 0.
+The optimizer is still built with every trainable variable, in the model's order, so its
+checkpointed slots match across resumed runs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import numbers
+import os
+import warnings
+from collections.abc import Sequence
+
+from uniq_tf._keras import keras, require_keras2_model, tf
+from uniq_tf.quantize import (
+    float_kernel,
+    kernel_wrappers,
+    output_quantizers,
+    weight_quantizers,
+    wrappers,
+)
+from uniq_tf.quantizers import ActMode, Mode
+
+STAGE_LOG_KEY = "uniq_stage"
+_PATCH_MARK = "_uniq_frozen_filter"
+
+
+def _check_count(value, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _check_stages(stages):
+    if isinstance(stages, str):
+        if stages != "layer":
+            raise ValueError(
+                f'stages must be "layer", a positive int or a list of lists of layer names; '
+                f"got {stages!r}"
+            )
+        return stages
+    if isinstance(stages, numbers.Integral) and not isinstance(stages, bool):
+        return _check_count(stages, "stages (number of stages)", 1)
+    if not isinstance(stages, Sequence) or not stages:
+        raise ValueError(
+            f'stages must be "layer", a positive int or a non-empty list of lists of layer '
+            f"names; got {stages!r}"
+        )
+    checked = []
+    for i, stage in enumerate(stages):
+        if isinstance(stage, str) or not isinstance(stage, Sequence) or not stage:
+            raise ValueError(
+                f"stages[{i}] must be a non-empty list of layer names, got {stage!r} "
+                '(write [["conv1"], ["conv2", "dense"]], not ["conv1", ...])'
+            )
+        if not all(isinstance(name, str) for name in stage):
+            raise ValueError(f"stages[{i}] must hold layer names (str), got {stage!r}")
+        checked.append(list(stage))
+    return checked
+
+
+class GradualQuantization(keras.callbacks.Callback):
+    """Quantizes a UNIQ model stage by stage during ``fit`` (see the module docstring).
+
+    Args:
+        stages: "layer" (one kernel layer per stage, the reference code's default), an int N
+            (N contiguous blocks of near-equal size, in forward order), or explicit lists of
+            kernel layer names (any order; every quantized kernel layer must be in exactly one
+            stage, otherwise ``plan`` raises: a layer left out would stay float for good).
+        warmup_epochs: float epochs before stage 0.
+        epochs_per_stage: epochs spent in each stage (>= 1).
+        final_epochs: epochs after the last stage, everything quantized and frozen, biases and
+            batch norm fine-tuned.
+        verbose: 1 prints a line at each stage change; 0 is silent.
+        log_dir: if given, the stage is also written as TensorBoard scalar ``uniq_stage`` under
+            ``log_dir/uniq``. Without it, list this callback before ``keras.callbacks.TensorBoard``:
+            the ``uniq_stage`` entry it adds to the epoch logs is then written by TensorBoard (as
+            ``epoch_uniq_stage``) and always reaches ``History``.
+    """
+
+    def __init__(
+        self,
+        stages: str | int | Sequence[Sequence[str]] = "layer",
+        warmup_epochs: int = 0,
+        epochs_per_stage: int = 1,
+        final_epochs: int = 0,
+        verbose: int = 1,
+        log_dir: str | os.PathLike | None = None,
+    ):
+        super().__init__()
+        self.stages = _check_stages(stages)
+        self.warmup_epochs = _check_count(warmup_epochs, "warmup_epochs", 0)
+        self.epochs_per_stage = _check_count(epochs_per_stage, "epochs_per_stage", 1)
+        self.final_epochs = _check_count(final_epochs, "final_epochs", 0)
+        self.verbose = int(verbose)
+        self.log_dir = None if log_dir is None else os.fspath(log_dir)
+        self._plan: list[list[str]] | None = None
+        self._n_stages = len(self.stages) if isinstance(self.stages, list) else (
+            self.stages if isinstance(self.stages, int) else None
+        )
+        self._shown_stage: int | None = None
+        self._frozen_refs: set = set()
+        self._installed_function = None
+        self._installed_refs: frozenset | None = None
+        self._writer = None
+
+    # ------------------------------------------------------------------ schedule
+
+    def plan(self, model) -> list[list[str]]:
+        """The stages of ``model``: lists of quantized kernel layer names."""
+        model = require_keras2_model(model)
+        names = [w.layer.name for w in kernel_wrappers(model)]
+        if not names:
+            raise ValueError(
+                f"Model {model.name!r} has no UNIQ-quantized kernel layer; "
+                "call uniq_tf.quantize_model first."
+            )
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(
+                f"Quantized layer names {repeated} occur more than once (nested models); "
+                "stages are given by name, so rename the layers."
+            )
+        if self.stages == "layer":
+            return [[n] for n in names]
+        if isinstance(self.stages, int):
+            if self.stages > len(names):
+                raise ValueError(
+                    f"stages={self.stages} is more than the {len(names)} quantized kernel "
+                    f"layers of model {model.name!r}: {names}"
+                )
+            size, extra = divmod(len(names), self.stages)
+            bounds = [i * size + min(i, extra) for i in range(self.stages + 1)]
+            return [names[a:b] for a, b in itertools.pairwise(bounds)]
+        return self._check_explicit_plan(self.stages, names, model.name)
+
+    @staticmethod
+    def _check_explicit_plan(stages, names, model_name) -> list[list[str]]:
+        listed = [n for stage in stages for n in stage]
+        unknown = [n for n in listed if n not in names]
+        if unknown:
+            raise ValueError(
+                f"stages name {unknown}, which are not quantized kernel layers of model "
+                f"{model_name!r} (activation quantizers follow their kernel layer). "
+                f"Quantized kernel layers: {names}"
+            )
+        repeated = sorted({n for n in listed if listed.count(n) > 1})
+        if repeated:
+            raise ValueError(f"Layers {repeated} appear in more than one stage (or twice).")
+        missing = [n for n in names if n not in listed]
+        if missing:
+            raise ValueError(
+                f"stages leave out the quantized kernel layers {missing}; every quantized "
+                "kernel layer must be in a stage (to keep a layer float, pass it to "
+                "quantize_model's skip_layers)."
+            )
+        return [list(stage) for stage in stages]
+
+    def total_epochs(self, model) -> int:
+        """warmup_epochs + n_stages * epochs_per_stage + final_epochs."""
+        n = len(self.plan(model))
+        return self.warmup_epochs + n * self.epochs_per_stage + self.final_epochs
+
+    def stage_at(self, epoch: int) -> int:
+        """-1 in warm-up, s in 0..n-1 during stage s, n after the last stage (0-based epochs)."""
+        if self._n_stages is None:
+            raise RuntimeError(
+                'With stages="layer" the number of stages depends on the model: call '
+                "plan(model) first (fit does it in on_train_begin)."
+            )
+        epoch = _check_count(epoch, "epoch", 0)
+        if epoch < self.warmup_epochs:
+            return -1
+        return min((epoch - self.warmup_epochs) // self.epochs_per_stage, self._n_stages)
+
+    # ------------------------------------------------------------------ Keras hooks
+
+    def on_train_begin(self, logs=None):
+        self._plan = self.plan(self.model)
+        self._n_stages = len(self._plan)
+        self._shown_stage = None
+        self._installed_function = None
+        self._install_filter(self.model.optimizer)
+        needed = self.warmup_epochs + self._n_stages * self.epochs_per_stage + self.final_epochs
+        planned = (self.params or {}).get("epochs")
+        if planned is not None and planned < needed:
+            warnings.warn(
+                f"GradualQuantization needs {needed} epochs ({self.warmup_epochs} warm-up + "
+                f"{self._n_stages} stages x {self.epochs_per_stage} + {self.final_epochs} "
+                f"final), but fit runs {planned}: training ends in stage "
+                f"{self.stage_at(planned - 1)} of {self._n_stages}.",
+                stacklevel=2,
+            )
+        if self.log_dir is not None:
+            self._writer = tf.summary.create_file_writer(os.path.join(self.log_dir, "uniq"))
+
+    def on_epoch_begin(self, epoch, logs=None):
+        stage = self.stage_at(epoch)
+        self._apply_stage(self.model, stage)
+        if self.verbose and stage != self._shown_stage:
+            print(f"GradualQuantization, epoch {epoch + 1}: {self._describe(stage)}", flush=True)
+        self._shown_stage = stage
+        self._rebuild_train_function_if_needed()
+
+    def on_epoch_end(self, epoch, logs=None):
+        stage = self.stage_at(epoch)
+        if logs is not None:
+            logs[STAGE_LOG_KEY] = float(stage)
+        if self._writer is not None:
+            with self._writer.as_default():
+                tf.summary.scalar(STAGE_LOG_KEY, stage, step=epoch)
+            self._writer.flush()
+
+    def on_train_end(self, logs=None):
+        _remove_filter(self.model.optimizer)
+        self._frozen_refs = set()
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    # ------------------------------------------------------------------ applying a stage
+
+    def _apply_stage(self, model, stage: int) -> None:
+        """Sets every quantizer's mode for ``stage`` and the set of frozen kernels."""
+        plan = self._plan if self._plan is not None else self.plan(model)
+        stage_of = {name: i for i, names in enumerate(plan) for name in names}
+        frozen = set()
+        for wrapper in kernel_wrappers(model):
+            i = stage_of[wrapper.layer.name]
+            mode = Mode.QUANTIZED if i < stage else Mode.NOISY if i == stage else Mode.FLOAT
+            for attr, _, variables in weight_quantizers(wrapper):
+                variables["mode"].assign(int(mode))
+                if i < stage:
+                    frozen.add(float_kernel(wrapper, attr).ref())
+        for wrapper in wrappers(model):
+            owner = getattr(wrapper.quantize_config, "owner", None)
+            act_mode = ActMode.QUANTIZED if stage_of.get(owner, 0) <= stage else ActMode.FLOAT
+            for _, variables in output_quantizers(wrapper):
+                variables["act_mode"].assign(int(act_mode))
+        self._frozen_refs = frozen
+
+    def _describe(self, stage: int) -> str:
+        """One line saying which layers are quantized+frozen, noisy and float at ``stage``."""
+        plan = self._plan or []
+        n = len(plan)
+        if stage < 0:
+            return "warm-up, all layers float"
+        if stage >= n:
+            return (
+                f"all {n} stages quantized and frozen; fine-tuning biases and batch norm"
+            )
+        done = [name for names in plan[:stage] for name in names]
+        later = [name for names in plan[stage + 1:] for name in names]
+        return (
+            f"stage {stage + 1}/{n}: quantized+frozen {done or '-'}, noisy {plan[stage]}, "
+            f"float {later or '-'}"
+        )
+
+    # ------------------------------------------------------------------ freezing
+
+    def _install_filter(self, optimizer) -> None:
+        if optimizer is None:
+            raise ValueError("GradualQuantization needs a compiled model (model.optimizer).")
+        _remove_filter(optimizer)
+        original = optimizer.apply_gradients
+        callback = self
+
+        def apply_gradients(grads_and_vars, *args, **kwargs):
+            pairs = list(grads_and_vars)
+            build = getattr(optimizer, "build", None)
+            if build is not None and pairs:
+                # Build with every variable in the caller's order, as the unfiltered call
+                # would, so slot variables (checkpointed by position) match across runs.
+                with tf.init_scope():
+                    build([v for _, v in pairs])
+            kept = [(g, v) for g, v in pairs if v.ref() not in callback._frozen_refs]
+            return original(kept, *args, **kwargs)
+
+        setattr(apply_gradients, _PATCH_MARK, original)
+        optimizer.apply_gradients = apply_gradients
+
+    def _rebuild_train_function_if_needed(self) -> None:
+        """Retraces the train function when the frozen set changed since it was traced."""
+        refs = frozenset(self._frozen_refs)
+        if self.model.train_function is self._installed_function and (
+            refs == self._installed_refs
+        ):
+            return
+        # Also at the first epoch of every fit: the model's function may have been traced by an
+        # earlier fit with another frozen set. An untraced function costs nothing to replace.
+        self._installed_function = self.model.make_train_function(force=True)
+        self._installed_refs = refs
+
+
+def _remove_filter(optimizer) -> None:
+    """Restores the optimizer's own apply_gradients if GradualQuantization wrapped it."""
+    if optimizer is not None and hasattr(optimizer.apply_gradients, _PATCH_MARK):
+        del optimizer.apply_gradients
+
+
+__all__ = ["GradualQuantization", "STAGE_LOG_KEY"]
