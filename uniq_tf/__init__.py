@@ -4,6 +4,7 @@ Importing this package sets TF_USE_LEGACY_KERAS=1 before TensorFlow loads (see _
 """
 
 from uniq_tf import _keras  # noqa: F401  (must run before anything imports TensorFlow)
+from uniq_tf.bops import summary
 from uniq_tf.modes import (
     activation_modes,
     calibrate_activations,
@@ -20,6 +21,7 @@ from uniq_tf.quantize import (
     quantize_scope,
     strip_quantization,
 )
+from uniq_tf.plots import plot_tradeoff
 from uniq_tf.quantizers import (
     ActMode,
     KQuantileWeightQuantizer,
@@ -40,10 +42,12 @@ __all__ = [
     "get_activation_ranges",
     "get_codebooks",
     "is_quantized_model",
+    "plot_tradeoff",
     "quantize_model",
     "quantize_scope",
     "set_activation_mode",
     "set_weight_mode",
     "strip_quantization",
+    "summary",
     "weight_modes",
 ]

@@ -15,8 +15,10 @@ other tools report (``qonnx.util.inference_cost``'s total_bops) is ``MACs * b_w 
 Bit widths (``summary``): b_w is the kernel quantizer's codebook index width; b_a of a layer is
 the width of the nearest activation quantizer upstream of its input, found by walking the graph
 back through layers that keep the bit width (:data:`PASS_THROUGH_TYPES`; merges take the widest
-input). The model input counts ``input_bits``; any other producer without a quantizer (a conv
-output, a float layer) counts 32. A kernel layer left in float counts 32 x 32.
+input), across nested-model boundaries both ways. The model input counts ``input_bits``; any
+other producer without a quantizer (a conv output, a float layer, SeparableConv2D's internal
+depthwise output) counts 32. A kernel layer left in float counts 32 x 32. Bits come from the
+quantizers' configuration, not from the modes a schedule has set: the fully quantized network.
 """
 
 from __future__ import annotations
@@ -33,12 +35,11 @@ from dataclasses import dataclass
 
 from uniq_tf import quantize, registry
 from uniq_tf._keras import keras, require_keras2_model, tf
-from uniq_tf.quantize_config import KernelQuantizeConfig
+from uniq_tf.quantize_config import ActivationQuantizeConfig, KernelQuantizeConfig
 
 L = keras.layers
 FLOAT_BITS = 32
 CODEBOOK_ENTRY_BITS = 32
-INPUT_BITS_RANGE = (1, 32)
 
 # Layers whose output carries the bit width of their input: normalization and rescaling
 # (folded into the producer or the thresholds by deployment), routing, pooling and padding.
@@ -68,7 +69,7 @@ _FIXED_SHAPE_ADVICE = (
 
 
 def _positive_int(value, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) and not hasattr(value, "__index__"):
+    if isinstance(value, bool) or not (isinstance(value, int) or hasattr(value, "__index__")):
         raise ValueError(f"{what} must be a positive integer, got {value!r}")
     if int(value) < 1:
         raise ValueError(f"{what} must be a positive integer, got {value!r}")
@@ -148,6 +149,7 @@ def conv_output_length(
     length: int, kernel: int, stride: int = 1, padding: str = "valid", dilation: int = 1
 ) -> int:
     """Output length of a conv/pool along one axis (Keras' padding semantics)."""
+    length = _positive_int(length, "length")
     span = (_positive_int(kernel, "kernel") - 1) * _positive_int(dilation, "dilation") + 1
     stride = _positive_int(stride, "stride")
     if padding in ("same", "causal"):
@@ -221,7 +223,6 @@ def kernel_ops(
         )
     channels_first = getattr(layer, "data_format", "channels_last") == "channels_first"
     positions = math.prod(dims[1:] if channels_first else dims[:-1])
-    spatial = lambda shape: (shape[0], shape[1] if len(shape) == 4 else 1)  # noqa: E731
     if isinstance(layer, L.SeparableConv2D):
         k_h, k_w, cin, mult = layer.depthwise_kernel.shape
         cout = layer.pointwise_kernel.shape[-1]
@@ -236,8 +237,8 @@ def kernel_ops(
         return [KernelOp("depthwise_kernel", cin * mult, cin, k_h, k_w, cin, positions,
                          weight_bits["depthwise_kernel"], b_a)]
     if isinstance(layer, (L.Conv1D, L.Conv2D)):
-        shape = tuple(layer.kernel.shape)
-        k_h, k_w = spatial(shape)
+        shape = tuple(layer.kernel.shape)  # (k_h, [k_w,] n / groups, m)
+        k_h, k_w = shape[0], shape[1] if len(shape) == 4 else 1
         groups = getattr(layer, "groups", 1)
         return [KernelOp("kernel", shape[-1], shape[-2] * groups, k_h, k_w, groups, positions,
                          weight_bits["kernel"], b_a)]
@@ -314,7 +315,7 @@ def _keeps_bit_width(layer) -> bool:
     if isinstance(layer, PASS_THROUGH_TYPES):
         return True
     if isinstance(layer, L.ReLU):
-        return True
+        return float(layer.negative_slope) == 0.0
     if isinstance(layer, L.Activation):
         return registry.activation_name(layer) in _GRID_KEEPING_ACTIVATIONS
     return False
@@ -459,6 +460,17 @@ def summary(
         weight_bits is not None or activation_bits is not None or layer_bits is not None
         or bool(skip_layers) or per_channel
     )
+    foreign = [
+        w.name for w in quantize.wrappers(model)
+        if not isinstance(w.quantize_config, (KernelQuantizeConfig, ActivationQuantizeConfig))
+    ]
+    if foreign:
+        raise ValueError(
+            f"Model {model.name!r} has quantize wrappers uniq_tf did not make ({foreign[:3]}"
+            f"{'...' if len(foreign) > 3 else ''}), e.g. TFMOT's own 8-bit quantize_model. "
+            "summary prices float models and models from uniq_tf.quantize_model; price TFMOT's "
+            "8-bit QAT as summary(float_model, weight_bits=8, activation_bits=8)."
+        )
     if quantize.is_quantized_model(model):
         if spec_given:
             raise ValueError(
@@ -516,7 +528,7 @@ def _plan(model, weight_bits, activation_bits, layer_bits, skip_layers, per_chan
         ranges = (quantize.WEIGHT_BITS_RANGE, quantize.ACTIVATION_BITS_RANGE)
         checked[name] = tuple(
             None if b is None else quantize._check_bits(b, allowed, f"layer_bits[{name!r}][{i}]")
-            for i, (b, allowed) in enumerate(zip(pair, ranges))
+            for i, (b, allowed) in enumerate(zip(pair, ranges, strict=True))
         )
     return quantize._plan(
         model, weight_bits, activation_bits, checked, skip_layers, bool(per_channel),
@@ -531,11 +543,12 @@ def _rows(model, resolver: _BitResolver) -> list[dict]:
         name = layer.name if seen[layer.name] == 1 else f"{layer.name}[call {seen[layer.name]}]"
         inner = _inner(layer)
         output_shape = tuple(tf.nest.flatten(node.outputs)[0].shape)
+        params = _param_count(inner)
         row = {
             "name": name, "type": type(inner).__name__, "output_shape": list(output_shape),
-            "params": inner.count_params(), "weight_bits": None, "activation_bits": None,
+            "params": params, "weight_bits": None, "activation_bits": None,
             "codebook_size": None, "codebooks": 0, "macs": 0, "bops": 0.0, "bops_simple": 0,
-            "weight_memory_bits": inner.count_params() * FLOAT_BITS,
+            "weight_memory_bits": params * FLOAT_BITS,
         }
         if registry.kernel_attributes(inner) is not None:
             row.update(_kernel_row(inner, resolver.config(layer), output_shape,
@@ -550,6 +563,14 @@ def _rows(model, resolver: _BitResolver) -> list[dict]:
             stacklevel=3,
         )
     return rows
+
+
+def _param_count(layer) -> int:
+    """Parameters of ``layer``, kernels included also when a QuantizeWrapper took them over."""
+    attrs = registry.kernel_attributes(layer) or {}
+    kernels = sum(math.prod(getattr(layer, attr).shape) for attr in attrs)
+    others = [w for w in layer.weights if w.name.split("/")[-1].split(":")[0] not in attrs]
+    return kernels + sum(math.prod(w.shape) for w in others)
 
 
 def _kernel_row(layer, config, output_shape, b_a: int) -> dict:
@@ -574,7 +595,7 @@ def _kernel_row(layer, config, output_shape, b_a: int) -> dict:
         count = math.prod(shape[a] for a in quantizer.channel_axes or ())
         codebooks += count
         memory += size * quantizer.bits + count * 2**quantizer.bits * CODEBOOK_ENTRY_BITS
-    memory += (layer.count_params() - kernel_params) * FLOAT_BITS
+    memory += (_param_count(layer) - kernel_params) * FLOAT_BITS
     first = ops[0]
     return {
         "weight_bits": first.b_w,
@@ -638,7 +659,7 @@ def _format_table(report: BopsReport) -> str:
 
     def line(values):
         return "  ".join(
-            f"{v:{align}{w}}" for v, (_, align), w in zip(values, _COLUMNS, widths)
+            f"{v:{align}{w}}" for v, (_, align), w in zip(values, _COLUMNS, widths, strict=True)
         ).rstrip()
 
     rule = "-" * len(line([title for title, _ in _COLUMNS]))
