@@ -1,0 +1,105 @@
+"""Running and reading TFLite files with the LiteRT interpreter.
+
+LiteRT (``ai_edge_litert``) replaces the deprecated ``tf.lite.Interpreter``; the latter is
+used only where LiteRT is not installed. Inputs and outputs of full-integer models are
+quantized and dequantized here with the file's own scale and zero point:
+``q = clip(round(x / scale) + zero_point, -128, 127)``, ``x = (q - zero_point) * scale``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from uniq_tf._keras import tf
+
+try:
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    RUNTIME = "ai_edge_litert (LiteRT)"
+except ImportError:  # LiteRT missing: TensorFlow's own (deprecated) interpreter
+    Interpreter = tf.lite.Interpreter
+    OpResolverType = tf.lite.experimental.OpResolverType
+    RUNTIME = "tf.lite (LiteRT not installed)"
+
+ModelSource = bytes | str | os.PathLike
+
+
+def load(model: ModelSource, inspect: bool = False) -> Interpreter:
+    """An interpreter for a TFLite file (path) or flatbuffer (bytes), tensors allocated.
+
+    ``inspect=True`` runs without the default XNNPACK delegate, which repacks constant
+    tensors; the plain builtin kernels leave every constant readable with ``get_tensor``.
+    """
+    kwargs = {}
+    if inspect:
+        kwargs["experimental_op_resolver_type"] = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    if isinstance(model, bytes):
+        interpreter = Interpreter(model_content=model, **kwargs)
+    else:
+        interpreter = Interpreter(model_path=os.fspath(model), **kwargs)
+    interpreter.allocate_tensors()
+    return interpreter
+
+
+def io_types(model: ModelSource) -> tuple[str, str]:
+    """(input dtype, output dtype) names of a single-input, single-output file."""
+    interpreter = load(model)
+    return (
+        interpreter.get_input_details()[0]["dtype"].__name__,
+        interpreter.get_output_details()[0]["dtype"].__name__,
+    )
+
+
+def constant_tensors(interpreter: Interpreter) -> dict[str, dict]:
+    """Name -> tensor details (plus "value") of every constant tensor (weights, biases).
+
+    Constants are the tensors no operator produces and that are not model inputs.
+    """
+    produced = {i for op in interpreter._get_ops_details() for i in op["outputs"]}
+    inputs = {d["index"] for d in interpreter.get_input_details()}
+    out = {}
+    for detail in interpreter.get_tensor_details():
+        index = detail["index"]
+        if index in produced or index in inputs:
+            continue
+        out[detail["name"]] = {**detail, "value": interpreter.get_tensor(index)}
+    return out
+
+
+def _quantize_input(x: np.ndarray, detail: dict) -> np.ndarray:
+    scale, zero_point = detail["quantization"]
+    if detail["dtype"] == np.float32 or scale == 0:
+        return x.astype(detail["dtype"])
+    info = np.iinfo(detail["dtype"])
+    q = np.round(x / scale) + zero_point
+    return np.clip(q, info.min, info.max).astype(detail["dtype"])
+
+
+def _dequantize_output(y: np.ndarray, detail: dict) -> np.ndarray:
+    scale, zero_point = detail["quantization"]
+    if y.dtype == np.float32 or scale == 0:
+        return y.astype(np.float32)
+    return ((y.astype(np.float32) - zero_point) * scale).astype(np.float32)
+
+
+def predict(model: ModelSource | Interpreter, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """The float outputs of a single-input, single-output TFLite model on float inputs ``x``."""
+    interpreter = model if isinstance(model, Interpreter) else load(model)
+    x = np.asarray(x, dtype=np.float32)
+    outputs = []
+    current = None
+    for start in range(0, len(x), batch_size):
+        batch = x[start : start + batch_size]
+        input_detail = interpreter.get_input_details()[0]
+        if current != len(batch):
+            interpreter.resize_tensor_input(input_detail["index"], [len(batch), *batch.shape[1:]])
+            interpreter.allocate_tensors()
+            current = len(batch)
+            input_detail = interpreter.get_input_details()[0]
+        interpreter.set_tensor(input_detail["index"], _quantize_input(batch, input_detail))
+        interpreter.invoke()
+        output = interpreter.get_output_details()[0]
+        outputs.append(_dequantize_output(interpreter.get_tensor(output["index"]), output))
+    return np.concatenate(outputs, axis=0)

@@ -1,0 +1,66 @@
+"""Turning the user's representative data into a float32 array of single samples."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from uniq_tf._keras import tf
+
+RANDOM_SAMPLES = 32
+
+
+def _input_shape(model) -> tuple:
+    return tuple(model.inputs[0].shape[1:])
+
+
+def _batches(data):
+    """Yields arrays from an array, a tf.data.Dataset, a converter-style generator function
+    or an iterable; (x, y) pairs and [x] lists give their first element."""
+    if callable(data) and not isinstance(data, tf.data.Dataset):
+        data = data()
+    if isinstance(data, tf.data.Dataset):
+        data = data.as_numpy_iterator()
+    if isinstance(data, (np.ndarray, tf.Tensor)):
+        yield np.asarray(data)
+        return
+    for item in data:
+        yield np.asarray(item[0] if isinstance(item, (tuple, list)) else item)
+
+
+def as_samples(
+    data, model, limit: int | None = None, what: str = "representative_data"
+) -> np.ndarray:
+    """Up to ``limit`` (default all) input samples of ``model`` from ``data``, (N, *input_shape)."""
+    shape = _input_shape(model)
+    taken, count = [], 0
+    try:
+        for batch in _batches(data):
+            batch = batch[None] if batch.ndim == len(shape) else batch
+            fits = batch.ndim == len(shape) + 1 and all(
+                want is None or got == want
+                for got, want in zip(batch.shape[1:], shape, strict=True)
+            )
+            if not fits:
+                raise ValueError(
+                    f"{what}: a batch of shape {batch.shape} does not fit model input "
+                    f"(None, {', '.join(str(s) for s in shape)})."
+                )
+            taken.append(batch[: None if limit is None else limit - count].astype(np.float32))
+            count += len(taken[-1])
+            if limit is not None and count >= limit:
+                break
+    except TypeError as error:
+        raise TypeError(
+            f"{what} must be an array of inputs, a tf.data.Dataset, an iterable of batches or a "
+            f"generator function; got {type(data).__name__} ({error})."
+        ) from error
+    if count == 0:
+        raise ValueError(f"{what} holds no samples.")
+    return np.concatenate(taken, axis=0)
+
+
+def random_samples(model, count: int = RANDOM_SAMPLES, seed: int = 0) -> np.ndarray:
+    """Uniform samples in [0, 1] (the project treats model inputs as 8-bit image data)."""
+    shape = tuple(1 if s is None else s for s in _input_shape(model))
+    return np.random.default_rng(seed).uniform(0.0, 1.0, (count, *shape)).astype(np.float32)
+
