@@ -5,6 +5,7 @@ Importing this package sets TF_USE_LEGACY_KERAS=1 before TensorFlow loads (see _
 
 from uniq_tf import _keras  # noqa: F401  (must run before anything imports TensorFlow)
 from uniq_tf.bops import summary
+from uniq_tf.callbacks import GradualQuantization
 from uniq_tf.modes import (
     activation_modes,
     calibrate_activations,
@@ -34,6 +35,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ActMode",
     "Codebook",
+    "GradualQuantization",
     "KQuantileWeightQuantizer",
     "Mode",
     "SwitchableActivationQuantizer",

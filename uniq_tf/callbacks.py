@@ -38,6 +38,8 @@ import os
 import warnings
 from collections.abc import Sequence
 
+from tensorflow.core.framework import summary_pb2
+
 from uniq_tf._keras import keras, require_keras2_model, tf
 from uniq_tf.quantize import (
     float_kernel,
@@ -100,9 +102,10 @@ class GradualQuantization(keras.callbacks.Callback):
             batch norm fine-tuned.
         verbose: 1 prints a line at each stage change; 0 is silent.
         log_dir: if given, the stage is also written as TensorBoard scalar ``uniq_stage`` under
-            ``log_dir/uniq``. Without it, list this callback before ``keras.callbacks.TensorBoard``:
-            the ``uniq_stage`` entry it adds to the epoch logs is then written by TensorBoard (as
-            ``epoch_uniq_stage``) and always reaches ``History``.
+            ``log_dir/uniq`` (no tensorboard package needed to write it). The ``uniq_stage``
+            entry added to the epoch logs always reaches ``History``, and reaches
+            ``keras.callbacks.TensorBoard`` (as ``epoch_uniq_stage``) when this callback is
+            listed before it.
     """
 
     def __init__(
@@ -122,8 +125,10 @@ class GradualQuantization(keras.callbacks.Callback):
         self.verbose = int(verbose)
         self.log_dir = None if log_dir is None else os.fspath(log_dir)
         self._plan: list[list[str]] | None = None
-        self._n_stages = len(self.stages) if isinstance(self.stages, list) else (
-            self.stages if isinstance(self.stages, int) else None
+        self._n_stages = (
+            len(self.stages)
+            if isinstance(self.stages, list)
+            else (self.stages if isinstance(self.stages, int) else None)
         )
         self._shown_stage: int | None = None
         self._frozen_refs: set = set()
@@ -134,8 +139,13 @@ class GradualQuantization(keras.callbacks.Callback):
     # ------------------------------------------------------------------ schedule
 
     def plan(self, model) -> list[list[str]]:
-        """The stages of ``model``: lists of quantized kernel layer names."""
-        model = require_keras2_model(model)
+        """The stages of ``model``: lists of quantized kernel layer names. Also fixes the
+        number of stages that :meth:`stage_at` uses."""
+        stages = self._split(require_keras2_model(model))
+        self._n_stages = len(stages)
+        return stages
+
+    def _split(self, model) -> list[list[str]]:
         names = [w.layer.name for w in kernel_wrappers(model)]
         if not names:
             raise ValueError(
@@ -204,11 +214,10 @@ class GradualQuantization(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self._plan = self.plan(self.model)
-        self._n_stages = len(self._plan)
         self._shown_stage = None
         self._installed_function = None
         self._install_filter(self.model.optimizer)
-        needed = self.warmup_epochs + self._n_stages * self.epochs_per_stage + self.final_epochs
+        needed = self.total_epochs(self.model)
         planned = (self.params or {}).get("epochs")
         if planned is not None and planned < needed:
             warnings.warn(
@@ -235,7 +244,7 @@ class GradualQuantization(keras.callbacks.Callback):
             logs[STAGE_LOG_KEY] = float(stage)
         if self._writer is not None:
             with self._writer.as_default():
-                tf.summary.scalar(STAGE_LOG_KEY, stage, step=epoch)
+                _write_scalar(STAGE_LOG_KEY, stage, step=epoch)
             self._writer.flush()
 
     def on_train_end(self, logs=None):
@@ -249,8 +258,7 @@ class GradualQuantization(keras.callbacks.Callback):
 
     def _apply_stage(self, model, stage: int) -> None:
         """Sets every quantizer's mode for ``stage`` and the set of frozen kernels."""
-        plan = self._plan if self._plan is not None else self.plan(model)
-        stage_of = {name: i for i, names in enumerate(plan) for name in names}
+        stage_of = {name: i for i, names in enumerate(self._plan) for name in names}
         frozen = set()
         for wrapper in kernel_wrappers(model):
             i = stage_of[wrapper.layer.name]
@@ -268,16 +276,14 @@ class GradualQuantization(keras.callbacks.Callback):
 
     def _describe(self, stage: int) -> str:
         """One line saying which layers are quantized+frozen, noisy and float at ``stage``."""
-        plan = self._plan or []
+        plan = self._plan
         n = len(plan)
         if stage < 0:
             return "warm-up, all layers float"
         if stage >= n:
-            return (
-                f"all {n} stages quantized and frozen; fine-tuning biases and batch norm"
-            )
+            return f"all {n} stages quantized and frozen; fine-tuning biases and batch norm"
         done = [name for names in plan[:stage] for name in names]
-        later = [name for names in plan[stage + 1:] for name in names]
+        later = [name for names in plan[stage + 1 :] for name in names]
         return (
             f"stage {stage + 1}/{n}: quantized+frozen {done or '-'}, noisy {plan[stage]}, "
             f"float {later or '-'}"
@@ -303,20 +309,28 @@ class GradualQuantization(keras.callbacks.Callback):
             kept = [(g, v) for g, v in pairs if v.ref() not in callback._frozen_refs]
             return original(kept, *args, **kwargs)
 
-        setattr(apply_gradients, _PATCH_MARK, original)
+        setattr(apply_gradients, _PATCH_MARK, True)
         optimizer.apply_gradients = apply_gradients
 
     def _rebuild_train_function_if_needed(self) -> None:
         """Retraces the train function when the frozen set changed since it was traced."""
         refs = frozenset(self._frozen_refs)
-        if self.model.train_function is self._installed_function and (
-            refs == self._installed_refs
-        ):
+        if self.model.train_function is self._installed_function and (refs == self._installed_refs):
             return
         # Also at the first epoch of every fit: the model's function may have been traced by an
         # earlier fit with another frozen set. An untraced function costs nothing to replace.
         self._installed_function = self.model.make_train_function(force=True)
         self._installed_refs = refs
+
+
+def _write_scalar(tag: str, value: float, step: int) -> None:
+    """What tf.summary.scalar writes (the event TensorBoard's scalars plugin reads), without
+    needing the tensorboard package, which TensorFlow 2.21 no longer installs."""
+    metadata = summary_pb2.SummaryMetadata(
+        plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"),
+        data_class=summary_pb2.DATA_CLASS_SCALAR,
+    )
+    tf.summary.write(tag, tf.constant(value, tf.float32), step=step, metadata=metadata)
 
 
 def _remove_filter(optimizer) -> None:
