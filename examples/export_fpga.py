@@ -1,0 +1,134 @@
+"""Export a UNIQ model saved by examples/train.py as a FINN-ready bundle (QONNX + configs).
+
+    .venv/bin/python examples/export_fpga.py --model=outputs/train/quantized_model.h5 \\
+        --output_dir=outputs/fpga --overwrite
+
+Loads the .h5 inside ``uniq_tf.quantize_scope()`` and writes ``<output_dir>/finn_bundle`` with
+``fpga_export.export_finn`` (model.onnx, codebooks.npz, descriptor.json, FINN's build and
+folding configs, finn_steps.py, README.md), then ``<output_dir>/summary.json``. With
+``--dataset=digits`` the model input is quantized to 5 bits with scale 1/16, which holds the
+digits' pixel counts 0..16 exactly, and the exported graph is run with qonnx's executor on the
+test split against the quantized Keras model and against its grid-snapped copy.
+
+FINN itself runs in a separate environment: see examples/finn_estimate.py.
+``run(model_path, output_dir, ...)`` does the same in-process and returns the summary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+import fpga_export
+import uniq_tf
+from fpga_export import check
+from uniq_tf import data
+from uniq_tf._keras import keras
+
+DATASETS = ("digits", "none")
+BUNDLE = "finn_bundle"
+DIGITS_INPUT = {"input_bits": 5, "input_scale": 1 / 16}  # pixel counts 0..16, exactly
+
+
+def load_quantized(path: str):
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--model {path!r} does not exist; run examples/train.py first.")
+    with uniq_tf.quantize_scope():
+        return keras.models.load_model(path, compile=False)
+
+
+def _parse_shape(text: str | None) -> tuple[int, int, int] | None:
+    if not text:
+        return None
+    try:
+        shape = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"--input_shape takes 'height,width,channels', got {text!r}") from None
+    return shape
+
+
+def run(
+    model_path: str,
+    output_dir: str,
+    dataset: str = "digits",
+    input_shape: str | None = None,
+    weight_grid_bits: int | None = None,
+    target_fps: float | None = None,
+    board: str | None = None,
+    overwrite: bool = False,
+    verbose: bool = True,
+) -> dict:
+    """Writes the bundle of ``model_path`` under ``output_dir``; returns the summary dict."""
+    if dataset not in DATASETS:
+        raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
+    model = load_quantized(model_path)
+    bundle_dir = os.path.join(output_dir, BUNDLE)
+    result = fpga_export.export_finn(
+        model, bundle_dir, _parse_shape(input_shape), weight_grid_bits, target_fps, board,
+        overwrite=overwrite, **(DIGITS_INPUT if dataset == "digits" else {}),
+    )
+    desc = result.descriptor
+    totals = desc["totals"]
+    summary = {
+        "model": model_path,
+        "bundle": bundle_dir,
+        "grid_bits": {row["name"]: row["weight_grid_bits"] for row in desc["layers"]},
+        "macs": totals["macs"],
+        "bops_paper_index_bits": totals["bops_paper_index_bits"],
+        "bops_simple_grid_bits": totals["bops_simple_grid_bits"],
+        "qonnx_total_bops": totals["qonnx_inference_cost"]["total_bops"],
+        "finn_compatible": desc["finn_compatible"],
+    }
+    if dataset == "digits":
+        _, _, x_test, y_test = data.load_digits()
+        exported = check.predict(bundle_dir, x_test)
+        x_quantized = check.quantize_input(bundle_dir, x_test)
+        keras_out = model.predict(x_quantized, verbose=0)
+        snapped_out = check.grid_snapped_model(model, bundle_dir).predict(x_quantized, verbose=0)
+        summary["parity_vs_quantized_keras"] = check.compare(keras_out, exported)
+        summary["parity_vs_grid_snapped_keras"] = check.compare(snapped_out, exported)
+        summary["test_accuracy"] = {
+            "keras_quantized": float(np.mean(keras_out.argmax(-1) == y_test)),
+            "exported_onnx": float(np.mean(exported.argmax(-1) == y_test)),
+        }
+    os.makedirs(output_dir, exist_ok=True)
+    with open(os.path.join(output_dir, "summary.json"), "w") as handle:
+        json.dump(summary, handle, indent=2)
+    if verbose:
+        print(json.dumps(summary, indent=2))
+        print(f"Bundle in {os.path.abspath(bundle_dir)}; FINN: see its README.md")
+    return summary
+
+
+def main(argv) -> None:
+    from absl import app, flags
+
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    f = flags.FLAGS
+    try:
+        run(f.model, f.output_dir, f.dataset, f.input_shape, f.weight_grid_bits, f.target_fps,
+            f.board, f.overwrite)
+    except FileExistsError as error:
+        raise app.UsageError(f"{error} (flag --overwrite)") from error
+    except (ValueError, FileNotFoundError) as error:
+        raise app.UsageError(str(error)) from error
+
+
+if __name__ == "__main__":
+    from absl import app, flags
+
+    flags.DEFINE_string("model", None, "Quantized model (.h5) written by examples/train.py.")
+    flags.DEFINE_string("output_dir", "outputs/fpga", "Where the bundle and summary.json go.")
+    flags.DEFINE_enum("dataset", "digits", list(DATASETS),
+                      "digits: exact 5-bit input quantizer and a parity check on the test split.")
+    flags.DEFINE_string("input_shape", None, "height,width,channels for a dynamic-shape model.")
+    flags.DEFINE_integer("weight_grid_bits", None, "Integer grid width B for every layer "
+                         "(default: the smallest within 1% of each codebook's level gap).")
+    flags.DEFINE_float("target_fps", None, "Frames/s the folding config aims at.")
+    flags.DEFINE_string("board", None, "FINN board (default Pynq-Z1).")
+    flags.DEFINE_bool("overwrite", False, "Replace an existing bundle.")
+    flags.mark_flag_as_required("model")
+    app.run(main)

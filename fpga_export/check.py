@@ -1,0 +1,75 @@
+"""Checking a bundle against the Keras model it came from (qonnx's executor, no FINN).
+
+Two references:
+
+- the quantized Keras model itself, fed the input as the bundle quantizes it: the exported
+  graph differs from it by the weight grid's snapping (fpga_export.grid), so outputs agree up
+  to the activation steps that snapping flips;
+- :func:`grid_snapped_model`: a copy of the quantized model whose kernels hold the snapped
+  values ``s * n`` (weight quantizers in FLOAT mode, activations still quantized). The exported
+  graph computes the same function; outputs differ by float summation order, and by an
+  activation step where that order flips a rounding.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+from qonnx.core.modelwrapper import ModelWrapper
+from qonnx.core.onnx_exec import execute_onnx
+from qonnx.transformation.change_batchsize import ChangeBatchSize
+from qonnx.transformation.infer_shapes import InferShapes
+
+import uniq_tf
+from fpga_export.onnx_graph import INPUT_NAME, OUTPUT_NAME
+from uniq_tf._keras import keras
+from uniq_tf.quantize import float_kernel, kernel_wrappers
+
+
+def predict(bundle_dir: str | Path, x: np.ndarray) -> np.ndarray:
+    """Runs model.onnx on a batch of NHWC inputs with qonnx's execute_onnx (one call)."""
+    model = ModelWrapper(str(Path(bundle_dir) / "model.onnx"))
+    model = model.transform(ChangeBatchSize(len(x))).transform(InferShapes())
+    feed = {INPUT_NAME: np.ascontiguousarray(np.asarray(x, np.float32).transpose(0, 3, 1, 2))}
+    return execute_onnx(model, feed)[OUTPUT_NAME]
+
+
+def quantize_input(bundle_dir: str | Path, x: np.ndarray) -> np.ndarray:
+    """``x`` as the bundle's input Quant sees it: s * clip(round(x / s), q_min, q_max)."""
+    quant = json.loads((Path(bundle_dir) / "descriptor.json").read_text())["input"]["quant"]
+    scale = np.float32(quant["scale"])
+    bits = quant["bits"]
+    low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if quant["signed"] else (0, 2**bits - 1)
+    return (np.clip(np.round(np.asarray(x, np.float32) / scale), low, high) * scale).astype(
+        np.float32)
+
+
+def grid_snapped_model(model, bundle_dir: str | Path):
+    """A copy of the quantized ``model`` with every quantized kernel replaced by its grid-snapped
+    codebook values from the bundle's codebooks.npz (weight mode FLOAT)."""
+    arrays = np.load(Path(bundle_dir) / "codebooks.npz")
+    with uniq_tf.quantize_scope():
+        copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    codebooks = uniq_tf.get_codebooks(copy)
+    for wrapper in kernel_wrappers(copy):
+        name = wrapper.layer.name
+        codebook = codebooks[name]
+        scale = arrays[f"{name}/grid_scale"]
+        values = arrays[f"{name}/grid_levels"] * (scale[:, None] if scale.size > 1 else scale)
+        snapped = dataclasses.replace(codebook, levels=values.astype(np.float32)).dequantize()
+        float_kernel(wrapper, codebook.weight).assign(snapped)
+    uniq_tf.set_weight_mode(copy, uniq_tf.Mode.FLOAT)
+    return copy
+
+
+def compare(reference: np.ndarray, exported: np.ndarray) -> dict:
+    """Top-1 agreement and the largest absolute output difference."""
+    diff = np.abs(np.asarray(reference) - np.asarray(exported))
+    return {
+        "top1_agreement": float(np.mean(reference.argmax(-1) == exported.argmax(-1))),
+        "max_abs_diff": float(diff.max()),
+    }

@@ -1,0 +1,321 @@
+"""``export_finn``: a UNIQ-quantized tf_keras model as a FINN-ready QONNX bundle.
+
+The bundle (a directory, written atomically):
+
+- ``model.onnx``: the QONNX graph (:mod:`fpga_export.onnx_graph`), NCHW input named "input",
+  shapes and FINN datatypes annotated, codebooks in the metadata props;
+- ``codebooks.npz``: per quantized layer the codebook levels and the b-bit indices (Keras
+  kernel layout, ``levels[indices]`` is the stripped kernel), the grid integers and scale;
+- ``descriptor.json``: per layer op, shapes, bit widths, codebooks (float and on the grid), the
+  grid scale, MACs, BOPs (:mod:`fpga_export.costs`), weight memory, and model totals including
+  ``qonnx.util.inference_cost``'s count of the exported graph;
+- ``dataflow_build_config.json``, ``folding_config.json``, ``specialize_layers_config.json``:
+  FINN's DataflowBuildConfig and the per-layer PE/SIMD (:mod:`fpga_export.folding`);
+- ``README.md``: how to run FINN on it (:mod:`fpga_export.bundle`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from qonnx.core.datatype import DataType
+from qonnx.core.modelwrapper import ModelWrapper
+from qonnx.transformation.infer_datatypes import InferDataTypes
+from qonnx.transformation.infer_shapes import InferShapes
+from qonnx.util.inference_cost import inference_cost
+
+import uniq_tf
+from fpga_export import actquant, bundle, costs, folding, grid, onnx_graph
+from uniq_tf._keras import require_keras2_model
+from uniq_tf.quantize import flatten_layers
+from uniq_tf.quantizers import ActMode
+
+FINN_MAX_ACTIVATION_BITS = 8  # DataflowBuildConfig.max_multithreshold_bit_width's default
+DEFAULT_BOARD = "Pynq-Z1"
+DEFAULT_CLOCK_NS = 10.0
+
+
+@dataclass
+class FinnExport:
+    """Where the bundle went and its descriptor (the content of descriptor.json)."""
+
+    out_dir: Path
+    descriptor: dict
+
+
+def _check_int(value, low: int, high: int, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not (
+        low <= value <= high
+    ):
+        raise ValueError(f"{what} must be an integer in {low}..{high}, got {value!r}")
+    return int(value)
+
+
+def _check_positive(value, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+        math.isfinite(value) and value > 0
+    ):
+        raise ValueError(f"{what} must be a positive number, got {value!r}")
+    return float(value)
+
+
+def _input_shape(model, input_shape) -> tuple[int, int, int]:
+    shapes = model.input_shape
+    if isinstance(shapes, list):
+        raise ValueError(f"model {model.name!r} has {len(shapes)} inputs; FINN export needs one")
+    known = tuple(shapes[1:])
+    if len(known) != 3:
+        raise ValueError(
+            f"model {model.name!r} takes rank-{len(known) + 1} inputs {shapes}; FINN export "
+            "needs images (batch, height, width, channels)"
+        )
+    if input_shape is None:
+        if None in known:
+            raise ValueError(
+                f"model {model.name!r} has a dynamic input shape {shapes}; pass "
+                "input_shape=(height, width, channels) to fix it for FINN"
+            )
+        return known
+    shape = tuple(input_shape)
+    if len(shape) != 3 or any(
+        isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1 for d in shape
+    ):
+        raise ValueError(f"input_shape must be (height, width, channels) integers, got {shape}")
+    if any(k is not None and k != d for k, d in zip(known, shape, strict=True)):
+        raise ValueError(f"input_shape {shape} contradicts the model's input shape {shapes}")
+    return tuple(int(d) for d in shape)
+
+
+def _check_supported(stripped) -> None:
+    problems = []
+    for layer in flatten_layers(stripped):
+        reason = onnx_graph.unsupported_reason(layer)
+        if reason is not None:
+            problems.append(f"{layer.name} ({reason})")
+    if problems:
+        raise ValueError(
+            "FINN export supports Conv2D, DepthwiseConv2D, Dense, BatchNormalization, "
+            "ReLU/ReLU6, Add, MaxPool/AveragePool/GlobalAveragePool, Flatten, Reshape (and "
+            "ZeroPadding2D, Concatenate, Rescaling, Dropout, a softmax activation); these "
+            f"{len(problems)} layers are not: " + "; ".join(problems)
+        )
+
+
+def _grids(codebooks, grid_bits, tolerance) -> dict[str, grid.IntegerGrid]:
+    out = {}
+    for key, codebook in codebooks.items():
+        if grid_bits is not None and grid_bits < max(codebook.bits, 2):
+            raise ValueError(
+                f"weight_grid_bits={grid_bits} is narrower than layer {key!r}'s codebook: "
+                f"{codebook.size} levels need at least {max(codebook.bits, 2)} bits"
+            )
+        try:
+            out[key] = grid.snap_codebook(codebook.levels, codebook.bits, tolerance, grid_bits)
+        except ValueError as err:
+            raise ValueError(f"layer {key!r}: {err}") from None
+        worst = float(out[key].relative_error.max())
+        if grid_bits is not None and worst > tolerance:
+            warnings.warn(
+                f"layer {key!r}: a {grid_bits}-bit grid represents its codebook within "
+                f"{worst:.2%} of the smallest level gap, above grid_tolerance={tolerance:.2%}",
+                stacklevel=3,
+            )
+    return out
+
+
+def _activations(model) -> dict[str, actquant.QuantParams]:
+    ranges = uniq_tf.get_activation_ranges(model)
+    too_wide = {name: bits for name, (_, _, bits) in ranges.items()
+                if bits > FINN_MAX_ACTIVATION_BITS}
+    if too_wide:
+        warnings.warn(
+            f"activation quantizers wider than {FINN_MAX_ACTIVATION_BITS} bits: {too_wide}. "
+            "FINN converts activation Quant nodes to thresholds only up to "
+            f"max_multithreshold_bit_width ({FINN_MAX_ACTIVATION_BITS} by default); the build "
+            f"config raises it to {max(too_wide.values())}, at 2^bits - 1 thresholds per "
+            "channel.",
+            stacklevel=3,
+        )
+    not_quantized = sorted(n for n, m in uniq_tf.activation_modes(model).items()
+                           if m != ActMode.QUANTIZED)
+    if not_quantized:
+        warnings.warn(
+            f"activation quantizers of {not_quantized} are not in QUANTIZED mode; the export "
+            "quantizes them anyway with their current ranges",
+            stacklevel=3,
+        )
+    return {name: actquant.from_fake_quant(lo, hi, bits) for name, (lo, hi, bits) in
+            ranges.items()}
+
+
+def _annotate(graph: onnx_graph.GraphResult, metadata: dict) -> ModelWrapper:
+    wrapper = ModelWrapper(graph.model)
+    wrapper = wrapper.transform(InferShapes()).transform(InferDataTypes())
+    for layer in graph.layers:
+        if layer.grid is not None:
+            name = wrapper.find_producer(
+                next(n for n in wrapper.graph.node if n.name == layer.onnx_node).input[1]
+            ).input[0]
+            wrapper.set_tensor_datatype(name, DataType[f"INT{layer.grid.bits}"])
+    # ModelProto.metadata_props (qonnx's set_metadata_prop writes the graph's instead)
+    onnx.helper.set_model_props(wrapper.model, metadata)
+    return wrapper
+
+
+def _qonnx_bops(wrapper: ModelWrapper) -> dict:
+    cost = inference_cost(ModelWrapper(wrapper.model.SerializeToString()),
+                          discount_sparsity=False)["total_cost"]
+    return {"total_bops": cost["total_bops"], "total_macs": cost["total_macs"],
+            "total_mem_w_bits": cost["total_mem_w_bits"], "unsupported_ops": cost["unsupported"]}
+
+
+def _write_npz(path: Path, graph: onnx_graph.GraphResult) -> None:
+    arrays = {}
+    for layer in graph.layers:
+        if layer.codebook is None:
+            continue
+        arrays[f"{layer.name}/levels"] = layer.codebook.levels
+        arrays[f"{layer.name}/indices"] = layer.codebook.indices
+        arrays[f"{layer.name}/grid_levels"] = layer.grid.levels.reshape(
+            layer.codebook.levels.shape)
+        arrays[f"{layer.name}/grid_scale"] = layer.grid.scale
+        arrays[f"{layer.name}/channel_axes"] = np.array(layer.codebook.channel_axes or (), int)
+    np.savez(path, **arrays)
+
+
+def _place(tmp: Path, out_dir: Path) -> None:
+    """Moves the finished bundle ``tmp`` to ``out_dir``, replacing an old one only at the end."""
+    if not out_dir.exists():
+        os.replace(tmp, out_dir)
+        return
+    old = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old-"))
+    os.replace(out_dir, old / "bundle")
+    try:
+        os.replace(tmp, out_dir)
+    except BaseException:
+        os.replace(old / "bundle", out_dir)
+        raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def export_finn(
+    model,
+    out_dir: str | os.PathLike,
+    input_shape: tuple[int, int, int] | None = None,
+    weight_grid_bits: int | None = None,
+    target_fps: float | None = None,
+    board: str | None = None,
+    *,
+    overwrite: bool = False,
+    input_bits: int = 8,
+    input_scale: float | None = None,
+    input_signed: bool = False,
+    grid_tolerance: float = grid.GRID_TOLERANCE,
+    synth_clk_period_ns: float = DEFAULT_CLOCK_NS,
+) -> FinnExport:
+    """Writes the FINN bundle of a UNIQ-quantized model to ``out_dir`` (module docstring).
+
+    Args:
+        model: a model made by ``uniq_tf.quantize_model`` (trained, or loaded inside
+            ``uniq_tf.quantize_scope()``). Its weight codebooks are read with
+            ``uniq_tf.get_codebooks`` and its activation ranges with
+            ``uniq_tf.get_activation_ranges``.
+        out_dir: the bundle directory; it must not exist or be empty unless ``overwrite``.
+        input_shape: (height, width, channels), needed when the model's is dynamic.
+        weight_grid_bits: the integer grid width B of every quantized layer; by default each
+            layer gets the smallest B >= its index width that represents its codebook within
+            ``grid_tolerance`` of the smallest level gap (fpga_export.grid).
+        target_fps: frames per second the folding config aims at; None for PE = SIMD = 1.
+        board: a FINN board name (fpga_export.bundle.BOARDS), default "Pynq-Z1".
+        overwrite: replace a non-empty ``out_dir``.
+        input_bits, input_scale, input_signed: the quantizer of the model input (zero point 0),
+            by default 8-bit unsigned with scale 1/255 (data in [0, 1]). Digits (k/16) are
+            exact with input_bits=5, input_scale=1/16.
+        synth_clk_period_ns: the FINN clock period the folding is computed for.
+    """
+    model = require_keras2_model(model)
+    if not uniq_tf.is_quantized_model(model):
+        raise ValueError(
+            f"model {model.name!r} has no UNIQ-quantized layer (a float model): quantize it with "
+            "uniq_tf.quantize_model and train it first, or load a saved quantized model inside "
+            "uniq_tf.quantize_scope()"
+        )
+    if weight_grid_bits is not None:
+        weight_grid_bits = _check_int(weight_grid_bits, 2, grid.MAX_GRID_BITS, "weight_grid_bits")
+    if target_fps is not None:
+        target_fps = _check_positive(target_fps, "target_fps")
+    board = DEFAULT_BOARD if board is None else board
+    if board not in bundle.BOARDS:
+        raise ValueError(f"board must be one of {sorted(bundle.BOARDS)}, got {board!r}")
+    input_bits = _check_int(input_bits, 2, 16, "input_bits")
+    grid_tolerance = _check_positive(grid_tolerance, "grid_tolerance")
+    synth_clk_period_ns = _check_positive(synth_clk_period_ns, "synth_clk_period_ns")
+    if input_scale is not None:
+        input_scale = _check_positive(input_scale, "input_scale")
+    input_quant = actquant.for_input(input_bits, input_scale, input_signed)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
+        raise FileExistsError(
+            f"{out_dir} exists and is not an empty directory; pass overwrite=True to replace it"
+        )
+    shape = _input_shape(model, input_shape)
+
+    stripped = uniq_tf.strip_quantization(model)
+    _check_supported(stripped)
+    codebooks = uniq_tf.get_codebooks(model)
+    grids = _grids(codebooks, weight_grid_bits, grid_tolerance)
+    activations = _activations(model)
+    graph = onnx_graph.build_graph(stripped, shape, input_quant, codebooks, grids, activations)
+    notes = bundle.finn_notes(graph)
+    if notes:
+        warnings.warn(
+            "model.onnx runs in qonnx, but FINN will not map all of it: " + "; ".join(notes),
+            stacklevel=2,
+        )
+
+    rows = [costs.layer_costs(layer) for layer in graph.layers]
+    foldings = folding.fold(graph.layers, target_fps, synth_clk_period_ns)
+    metadata = bundle.metadata_props(graph)
+    wrapper = _annotate(graph, metadata)
+    descriptor = bundle.descriptor(
+        model.name, shape, input_quant, graph, rows, activations, foldings,
+        qonnx_cost=_qonnx_bops(wrapper), grid_tolerance=grid_tolerance,
+    )
+    act_bits = max([p.bits for p in activations.values()], default=0)
+    build_config = bundle.build_config(
+        board, synth_clk_period_ns, target_fps,
+        act_bits if act_bits > FINN_MAX_ACTIVATION_BITS else None,
+    )
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
+    try:
+        tmp.chmod(0o755)  # mkdtemp makes it private; the bundle is an ordinary directory
+        wrapper.save(str(tmp / "model.onnx"))
+        _write_npz(tmp / "codebooks.npz", graph)
+        files = {
+            "descriptor.json": descriptor,
+            "dataflow_build_config.json": build_config,
+            "folding_config.json": folding.folding_config(foldings),
+            "specialize_layers_config.json": bundle.specialize_config(),
+        }
+        for name, content in files.items():
+            (tmp / name).write_text(json.dumps(content, indent=2, default=bundle.to_builtin) + "\n")
+        (tmp / "README.md").write_text(bundle.readme(descriptor, build_config))
+        shutil.copyfile(Path(__file__).with_name("finn_steps.py"),
+                        tmp / f"{bundle.STEPS_MODULE}.py")
+        _place(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return FinnExport(out_dir, descriptor)
