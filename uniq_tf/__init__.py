@@ -4,6 +4,7 @@ Importing this package sets TF_USE_LEGACY_KERAS=1 before TensorFlow loads (see _
 """
 
 from uniq_tf import _keras  # noqa: F401  (must run before anything imports TensorFlow)
+from uniq_tf import data, models  # noqa: F401  (submodules users reach as uniq_tf.models)
 from uniq_tf.bops import summary
 from uniq_tf.callbacks import GradualQuantization
 from uniq_tf.modes import (

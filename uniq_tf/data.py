@@ -8,19 +8,21 @@
   ValueError that says how to prepare it.
 
 Preprocessing (images as float32 in [0, 1], then ``normalization``):
-    CIFAR-style (cifar10, digits):   train augment = pad size/8, random crop, (flip for cifar10)
+    digits:     train augment = random shift by up to 1 pixel (zero-pad 1, random 8x8 crop)
+    cifar10:    train augment = random shift by up to size/8 pixels + horizontal flip
     ImageNet-style (imagenette, imagenet2012):
         train augment = random resized crop (area 8%-100%, aspect 3/4-4/3) + horizontal flip
         evaluation    = resize shorter side to size/0.875, center crop size x size
-Augmentation uses keras-cv layers inside the tf.data pipeline (keras-cv 0.9 runs on tf_keras
-when TF_USE_LEGACY_KERAS=1, which importing uniq_tf sets).
+Flips and random resized crops are keras-cv layers inside the tf.data pipeline (keras-cv 0.9
+runs on tf_keras when TF_USE_LEGACY_KERAS=1, which importing uniq_tf sets); shifts are exact
+per-image crops (see ``_random_shift``). Given ``seed``, the digits and cifar10 pipelines repeat
+exactly from run to run (and change from epoch to epoch); the ImageNet-style random resized
+crop runs in parallel and does not repeat exactly.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import numpy as np
 
 from uniq_tf._keras import tf
 
@@ -113,25 +115,38 @@ def normalize(images: tf.Tensor, normalization: str) -> tf.Tensor:
     raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
 
 
-def _pad_crop(size: int, seed: int):
-    """Random translation by up to size/8 pixels: zero-pad, then a random size x size crop."""
-    import keras_cv
+def _random_shift(image: tf.Tensor, size: int, seed: tf.Tensor) -> tf.Tensor:
+    """Random translation by up to size/8 pixels: zero-pad, then a random size x size crop.
 
+    Per image with a stateless crop (``seed``: 2 integers from ``_with_seeds``): keras-cv's
+    RandomCrop samples its window with crop_and_resize on a slightly stretched grid, so its
+    crops skip or repeat pixels, and a stateful random op inside a parallel map draws its
+    numbers in thread order, so runs would not repeat.
+    """
     pad = max(size // 8, 1)
-    crop = keras_cv.layers.RandomCrop(size, size, seed=seed)
-
-    def apply(images):
-        padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
-        return crop(padded, training=True)
-
-    return apply
+    padded = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
+    return tf.image.stateless_random_crop(padded, (size, size, image.shape[-1]), seed=seed)
 
 
-def _random_flip(seed: int):
+def _with_seeds(ds: tf.data.Dataset, seed: int) -> tf.data.Dataset:
+    """Pairs every element with its own stateless seed: the same for a given ``seed`` in every
+    run, new in every epoch."""
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+    return tf.data.Dataset.zip((ds, seeds))
+
+
+def _keras_cv_seed(seed: int) -> int:
+    """keras-cv 0.9 layers test ``if seed:``, so seed 0 would mean "unseeded"; shift by one."""
+    return seed + 1
+
+
+def _random_flip(ds: tf.data.Dataset, seed: int) -> tf.data.Dataset:
+    """keras-cv's RandomFlip on batches. Sequential map: the layer draws from a stateful
+    generator, whose numbers follow the order of the calls."""
     import keras_cv
 
-    flip = keras_cv.layers.RandomFlip("horizontal", seed=seed)
-    return lambda images: flip(images, training=True)
+    flip = keras_cv.layers.RandomFlip("horizontal", seed=_keras_cv_seed(seed))
+    return ds.map(lambda images, labels: (flip(images, training=True), labels))
 
 
 def _center_crop(image: tf.Tensor, size: int) -> tf.Tensor:
@@ -202,12 +217,12 @@ def _digits(split, batch_size, image_size, augment, shuffle, seed):
     ds = tf.data.Dataset.from_tensor_slices((x, y))
     if shuffle:
         ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size)
     if size != 8:
         ds = ds.map(lambda im, lab: (tf.image.resize(im, (size, size)), lab))
     if augment:
-        pad_crop = _pad_crop(size, seed)
-        ds = ds.map(lambda im, lab: (pad_crop(im), lab), num_parallel_calls=AUTOTUNE)
+        shift = lambda example, s: (_random_shift(example[0], size, s), example[1])
+        ds = _with_seeds(ds, seed).map(shift, num_parallel_calls=AUTOTUNE)
+    ds = ds.batch(batch_size)
     info = DatasetInfo("digits", split, 10, (size, size, 1), len(x))
     return ds.prefetch(AUTOTUNE), info
 
@@ -218,13 +233,10 @@ def _load_tfds(name: str, spec: _TfdsSpec, split: str, data_dir, shuffle: bool, 
     import tensorflow_datasets as tfds
 
     tfds_name = spec.tfds_name if "/" not in name else name
-    try:
-        builder = tfds.builder(tfds_name, data_dir=data_dir)
-    except Exception as error:  # tfds raises several types for an unknown config
-        raise ValueError(f"tensorflow-datasets has no data set {tfds_name!r}: {error}") from error
+    builder = tfds.builder(tfds_name, data_dir=data_dir)  # ValueError for an unknown config
     try:
         ds = builder.as_dataset(
-            split=spec.splits.get(split, split),
+            split=spec.splits[split],
             as_supervised=True,
             shuffle_files=shuffle,
             decoders={"image": tfds.decode.SkipDecoding()},
@@ -256,25 +268,26 @@ def _tfds(name, split, data_dir, batch_size, image_size, augment, shuffle, seed,
 
         crop = keras_cv.layers.RandomCropAndResize(
             (size, size), crop_area_factor=(0.08, 1.0), aspect_ratio_factor=(3 / 4, 4 / 3),
-            seed=seed,
+            seed=_keras_cv_seed(seed),
         )
-        per_image = lambda im: crop(im, training=True)
+        # Parallel for speed (the decode and crop of large images dominate), so these crops
+        # are not repeatable from run to run.
+        per_image = lambda im, _: crop(im, training=True)
     elif spec.style == "imagenet":
-        per_image = lambda im: _center_crop(im, size)
+        per_image = lambda im, _: _center_crop(im, size)
+    elif augment:
+        per_image = lambda im, s: _random_shift(tf.image.resize(im, (size, size)), size, s)
     else:
-        per_image = lambda im: tf.image.resize(im, (size, size))
+        per_image = lambda im, _: tf.image.resize(im, (size, size))
 
-    def prepare(encoded, label):
-        return tf.ensure_shape(per_image(decode(encoded)), (size, size, 3)), label
+    def prepare(example, image_seed):
+        encoded, label = example
+        image = per_image(decode(encoded), image_seed)
+        return tf.ensure_shape(image, (size, size, 3)), label
 
-    ds = ds.map(prepare, num_parallel_calls=AUTOTUNE)
-    ds = ds.batch(batch_size)
+    ds = _with_seeds(ds, seed).map(prepare, num_parallel_calls=AUTOTUNE).batch(batch_size)
     if augment:
-        steps = [_random_flip(seed)] if spec.style == "imagenet" else [
-            _pad_crop(size, seed), _random_flip(seed)
-        ]
-        for step in steps:
-            ds = ds.map(lambda im, lab, f=step: (f(im), lab), num_parallel_calls=AUTOTUNE)
+        ds = _random_flip(ds, seed)
     ds = ds.map(lambda im, lab: (normalize(im, normalization), lab), num_parallel_calls=AUTOTUNE)
     num_classes = builder.info.features["label"].num_classes
     info = DatasetInfo(

@@ -88,7 +88,8 @@ def _imagenet_resnet(input_shape, num_classes: int, blocks: list[int], name: str
     # Zero padding equals torchvision's -inf padding here: the inputs are ReLU outputs >= 0.
     x = L.ZeroPadding2D(1, name="maxpool.pad")(x)
     x = L.MaxPooling2D(3, strides=2, name="maxpool")(x)
-    for stage, (count, filters) in enumerate(zip(blocks, (64, 128, 256, 512)), start=1):
+    widths = (64, 128, 256, 512)
+    for stage, (count, filters) in enumerate(zip(blocks, widths, strict=True), start=1):
         for i in range(count):
             stride = 2 if stage > 1 and i == 0 else 1
             x = _basic_block(x, filters, stride, f"layer{stage}.{i}")
