@@ -3,8 +3,11 @@
 Importing this package sets TF_USE_LEGACY_KERAS=1 before TensorFlow loads (see _keras.py).
 """
 
-from uniq_tf import _keras  # noqa: F401  (must run before anything imports TensorFlow)
-from uniq_tf import data, models  # noqa: F401  (submodules users reach as uniq_tf.models)
+from uniq_tf import (  # noqa: F401  (submodules users reach as uniq_tf.models)
+    _keras,  # noqa: F401  (must run before anything imports TensorFlow)
+    data,
+    models,
+)
 from uniq_tf.bops import summary
 from uniq_tf.callbacks import GradualQuantization
 from uniq_tf.modes import (
@@ -14,6 +17,7 @@ from uniq_tf.modes import (
     set_weight_mode,
     weight_modes,
 )
+from uniq_tf.plots import plot_tradeoff
 from uniq_tf.quantize import (
     Codebook,
     get_activation_ranges,
@@ -23,7 +27,6 @@ from uniq_tf.quantize import (
     quantize_scope,
     strip_quantization,
 )
-from uniq_tf.plots import plot_tradeoff
 from uniq_tf.quantizers import (
     ActMode,
     KQuantileWeightQuantizer,
