@@ -27,9 +27,9 @@ demo: $(STAMP)
 		--output_dir=$(OUT)/fpga --overwrite
 	@echo
 	@echo "Demo outputs are in $(OUT)/:"
-	@echo "  $(OUT)/train   trained float and UNIQ models, history.json, summary.json (accuracies, BOPs)"
+	@echo "  $(OUT)/train   float and UNIQ models (.h5), history.json, summary.json (accuracies, BOPs), bops.txt"
 	@echo "  $(OUT)/tflite  float and int8 TFLite models, packed codebook weights, size report"
-	@echo "  $(OUT)/fpga    FINN bundle: model.onnx (QONNX), codebooks.npz, descriptor.json, build configs"
+	@echo "  $(OUT)/fpga    finn_bundle/ (model.onnx, codebooks.npz, descriptor.json, FINN configs) and summary.json (qonnx parity)"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
