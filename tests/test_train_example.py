@@ -3,6 +3,7 @@ checks of bad flags, each of which must fail before any training starts."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +21,8 @@ sys.path.insert(0, str(ROOT))  # examples/ is a folder of scripts, not an instal
 
 from examples import train  # noqa: E402
 
-OUTPUT_FILES = {"float_model.h5", "quantized_model.h5", "history.json", "summary.json"}
+OUTPUT_FILES = {"float_model.h5", "quantized_model.h5", "best_quantized_model.h5",
+                "history.json", "summary.json", "bops.txt"}
 
 
 def config(tmp_path, **overrides) -> train.TrainConfig:
@@ -49,8 +51,22 @@ def test_digits_end_to_end(tmp_path):
     bops = summary["bops"]
     assert bops["macs"] > 0 and bops["quantized_bops_simple"] == bops["macs"] * 4 * 8
     assert bops["float_over_quantized_bops"] > 10  # 32x32-bit float vs 4x8-bit
+    # The per-layer BOPs: uniq_tf.summary's rows in summary.json, its table in bops.txt.
+    layers = {row["name"]: row for row in summary["bops_layers"]}
+    assert sum(row["macs"] for row in layers.values()) == bops["macs"]
+    assert (layers["conv1"]["weight_bits"], layers["conv1"]["codebook_size"]) == (4, 16)
+    table = (tmp_path / "out" / "bops.txt").read_text()
+    assert table.splitlines()[0].startswith("BOPs summary of 'small_cnn'")
+    assert all(re.search(rf"^{name} ", table, re.M) for name in ("conv1", "conv2", "conv3", "fc"))
+    assert summary["strategy"] == {"name": "default", "replicas": 1}
     history = json.loads((tmp_path / "out" / "history.json").read_text())
     assert len(history["float"]["loss"]) == 5 and history["uniq"]["uniq_stage"] == [0, 1, 2]
+    # The best epoch by validation accuracy among those evaluated fully quantized (stage 1 on,
+    # i.e. epochs 2 and 3), saved as best_quantized_model.h5.
+    val_accuracy = history["uniq"]["val_accuracy"]
+    assert summary["best"]["val_accuracy"] == max(val_accuracy[1:])
+    assert val_accuracy[summary["best"]["epoch"] - 1] == summary["best"]["val_accuracy"]
+    assert summary["best"]["epoch"] in (2, 3)
 
     # The saved quantized model loads under quantize_scope and scores what the run reported.
     _, _, x_te, y_te = data.load_digits()
@@ -102,6 +118,8 @@ BAD_FLAGS = [
     ({"weight_bits": 17}, r"weight_bits must be an integer 1..16, got 17"),
     ({"activation_bits": 1}, r"activation_bits must be an integer 2..16, got 1"),
     ({"optimizer": "rmsprop"}, r"Unknown optimizer 'rmsprop'; allowed: \['sgd', 'adam'\]"),
+    ({"strategy": "tpu"},
+     r"Unknown strategy 'tpu'; allowed: \['default', 'mirrored', 'multi_worker'\]"),
     ({"learning_rate": 0.0}, r"learning_rate must be > 0"),
     ({"layer_bits": "conv1=8"}, r"layer_bits entry 'conv1=8' must look like name=w"),
     ({"layer_bits": "conv9=8:8"}, r"Unknown layer names \['conv9'\]"),
