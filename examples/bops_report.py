@@ -11,13 +11,12 @@ UNIQ paper's published ImageNet points against these BOPs.
 from __future__ import annotations
 
 import os
-import tempfile
 
 from absl import app, flags
 from tqdm.auto import tqdm
 
 import uniq_tf  # noqa: F401  (sets up Keras 2 before TensorFlow loads)
-from uniq_tf import bops, models, plots
+from uniq_tf import atomic, bops, models, plots
 
 DEFAULT_BITS = ["32,32", "8,8", "5,8", "4,8", "4,4", "3,3", "2,4", "2,2"]
 MODEL_TITLES = {
@@ -164,19 +163,6 @@ def markdown(results: dict, pairs: list[tuple[int, int]], settings: str, input_b
     return "\n".join(lines)
 
 
-def write_atomic(path: str, text: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp_", suffix=".md")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def main(argv):
     del argv
     pairs = parse_bits(FLAGS.bits)
@@ -196,7 +182,8 @@ def main(argv):
     progress.close()
     settings = (f"{FLAGS.resolution}x{FLAGS.resolution} input, {FLAGS.num_classes} classes, "
                 f"input {FLAGS.input_bits} bits")
-    write_atomic(FLAGS.output, markdown(results, pairs, settings, FLAGS.input_bits))
+    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.output)), exist_ok=True)
+    atomic.write_text(FLAGS.output, markdown(results, pairs, settings, FLAGS.input_bits))
     print(f"wrote {FLAGS.output}")
     if FLAGS.plot:
         plots.plot_tradeoff([], FLAGS.plot, published=True,

@@ -24,7 +24,7 @@ import numpy as np
 import fpga_export
 import uniq_tf
 from fpga_export import check
-from uniq_tf import data
+from uniq_tf import atomic, data
 from uniq_tf._keras import keras
 
 DATASETS = ("digits", "none")
@@ -94,8 +94,7 @@ def run(
             "exported_onnx": float(np.mean(exported.argmax(-1) == y_test)),
         }
     os.makedirs(output_dir, exist_ok=True)
-    with open(os.path.join(output_dir, "summary.json"), "w") as handle:
-        json.dump(summary, handle, indent=2)
+    atomic.write_json(os.path.join(output_dir, "summary.json"), summary)
     if verbose:
         print(json.dumps(summary, indent=2))
         print(f"Bundle in {os.path.abspath(bundle_dir)}; FINN: see its README.md")

@@ -16,7 +16,6 @@ activation ranges come from the quantized model).
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
@@ -25,7 +24,7 @@ import tflite_export
 import uniq_tf
 from tflite_export.export import CALIBRATION_SAMPLES
 from tflite_export.samples import random_samples
-from uniq_tf import data
+from uniq_tf import atomic, data
 from uniq_tf._keras import keras
 
 DATASETS = ("digits", "none")
@@ -82,8 +81,7 @@ def run(
     packed = tflite_export.save_packed(model, paths["model.uniq"])
     sizes = tflite_export.size_report(
         model, packed, paths["model_float.tflite"], paths["model_int8.tflite"])
-    with open(os.path.join(output_dir, "size_report.txt"), "w") as handle:
-        handle.write(sizes.summary() + "\n")
+    atomic.write_text(os.path.join(output_dir, "size_report.txt"), sizes.summary() + "\n")
 
     summary = {
         "model": model_path,
@@ -104,8 +102,7 @@ def run(
             "tflite_int8": _accuracy(
                 tflite_export.predict(paths["model_int8.tflite"], x_test), y_test),
         }
-    with open(os.path.join(output_dir, "summary.json"), "w") as handle:
-        json.dump(summary, handle, indent=2)
+    atomic.write_json(os.path.join(output_dir, "summary.json"), summary)
     if verbose:
         for report in reports.values():
             print(report.summary())

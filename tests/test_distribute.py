@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # examples/ is a folder of scripts, not an installed package
 
 from examples import train  # noqa: E402
+from examples.training import pipeline  # noqa: E402
 
 CHILD_TIMEOUT = 300
 TINY_RUN = ["--float_epochs=1", "--stages=2", "--epochs_per_stage=1", "--final_epochs=1",
@@ -421,7 +422,7 @@ def test_bad_tf_config_fails_before_training(tmp_path, monkeypatch, tf_config, m
     def no_strategy(*args, **kwargs):
         raise AssertionError("the strategy was created before TF_CONFIG was checked")
 
-    monkeypatch.setattr(train, "make_strategy", no_strategy)
+    monkeypatch.setattr(pipeline, "make_strategy", no_strategy)
     if tf_config is None:
         monkeypatch.delenv("TF_CONFIG", raising=False)
     else:

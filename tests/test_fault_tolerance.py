@@ -120,7 +120,7 @@ def test_killed_run_resumes_where_it_stopped(tmp_path, reference):
     train.check_resumable(train.TrainConfig(**SETTINGS, output_dir=str(out), verbose=0))
 
     # What a process killed while writing summary.json would leave (a temporary file).
-    (out / f".summary.json.{os.getpid()}.tmp.json").write_text('{"model": "sm')
+    (out / f".summary.json.{os.getpid()}-0123abcd.tmp.json").write_text('{"model": "sm')
 
     # 3. Same command: runs to the end.
     killed, code, log = _run(command, tmp_path / "run3.log")

@@ -19,6 +19,7 @@ from tflite_export import export as export_module
 from tflite_export.packed import pack_indices, unpack_indices
 from tflite_export.runtime import Interpreter, OpResolverType, constant_tensors
 from tflite_export.samples import as_samples
+from uniq_tf import atomic
 from uniq_tf._keras import keras, tf
 
 L = keras.layers
@@ -90,7 +91,7 @@ def _tensor_of(tensors, layer, ndim):
 
 
 def _no_temp_files(directory):
-    return not [p for p in os.listdir(directory) if p.endswith(".tmp")]
+    return not [p for p in os.listdir(directory) if atomic.TEMP_NAME.fullmatch(p)]
 
 
 # ---------------------------------------------------------------- float

@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # examples/ is a folder of scripts, not an installed package
 
 from examples import train  # noqa: E402
+from examples.training import pipeline  # noqa: E402
 
 OUTPUT_FILES = {"float_model.h5", "quantized_model.h5", "best_quantized_model.h5",
                 "history.json", "summary.json", "bops.txt"}
@@ -140,7 +141,7 @@ def test_bad_flags_fail_before_training(tmp_path, monkeypatch, overrides, messag
     def no_training(*args, **kwargs):
         raise AssertionError("training started before the flags were checked")
 
-    monkeypatch.setattr(train, "fit_model", no_training)
+    monkeypatch.setattr(pipeline, "fit_model", no_training)
     if overrides.get("data_dir") == "EMPTY":
         overrides = {**overrides, "data_dir": str(tmp_path / "empty")}
     cfg = config(tmp_path, **overrides)

@@ -1,19 +1,18 @@
-"""Atomic output: write next to the target, check, then ``os.replace`` onto it.
+"""Atomic export output (:mod:`uniq_tf.atomic`) with the exporters' path checks and errors.
 
 A failed export (converter error, failed verification, a crash) therefore never leaves a
-partial file behind and never overwrites a good one: ``os.replace`` within one directory is
-atomic on POSIX and Windows.
+partial file behind and never overwrites a good one.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 from tflite_export.errors import ExportPathError
+from uniq_tf.atomic import atomic_path
 
 
 def check_output_path(path: str | os.PathLike) -> Path:
@@ -38,21 +37,18 @@ def check_output_path(path: str | os.PathLike) -> Path:
 
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
-    """Yields a fresh temporary path in ``path``'s directory; if the block ends normally the
-    temporary file replaces ``path``, otherwise it is deleted and ``path`` is left as it was.
-    """
+    """:func:`uniq_tf.atomic.atomic_path` after :func:`check_output_path`; a failed final
+    rename raises ExportPathError."""
     path = check_output_path(path)
-    temp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
+    renaming = False
     try:
-        yield temp
-        try:
-            os.replace(temp, path)
-        except OSError as error:
-            raise ExportPathError(f"Cannot write {str(path)!r}: {error}") from error
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(temp)
-        raise
+        with atomic_path(path) as temp:
+            yield temp
+            renaming = True
+    except OSError as error:
+        if not renaming:
+            raise
+        raise ExportPathError(f"Cannot write {str(path)!r}: {error}") from error
 
 
 def write_bytes(path: Path, data: bytes) -> None:

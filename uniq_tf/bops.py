@@ -12,13 +12,14 @@ groups = 1: ``m n k^2 (b_a b_w + b_a + b_w + log2(n k^2)) P``. Depthwise conv is
 Dense is k = 1 with one position. log2 is the real logarithm, as in the paper. The simpler count
 other tools report (``qonnx.util.inference_cost``'s total_bops) is ``MACs * b_w * b_a``.
 
-Bit widths (``summary``): b_w is the kernel quantizer's codebook index width; b_a of a layer is
-the width of the nearest activation quantizer upstream of its input, found by walking the graph
-back through layers that keep the bit width (:data:`PASS_THROUGH_TYPES`; merges take the widest
-input), across nested-model boundaries both ways. The model input counts ``input_bits``; any
-other producer without a quantizer (a conv output, a float layer, SeparableConv2D's internal
-depthwise output) counts 32. A kernel layer left in float counts 32 x 32. Bits come from the
-quantizers' configuration, not from the modes a schedule has set: the fully quantized network.
+Bit widths (``summary``, :mod:`uniq_tf.bitwidths`): b_w is the kernel quantizer's codebook
+index width; b_a of a layer is the width of the nearest activation quantizer upstream of its
+input, found by walking the graph back through layers that keep the bit width
+(:data:`PASS_THROUGH_TYPES`; merges take the widest input), across nested-model boundaries
+both ways. The model input counts ``input_bits``; any other producer without a quantizer (a
+conv output, a float layer, SeparableConv2D's internal depthwise output) counts 32. A kernel
+layer left in float counts 32 x 32. Bits come from the quantizers' configuration, not from the
+modes a schedule has set: the fully quantized network.
 """
 
 from __future__ import annotations
@@ -28,35 +29,23 @@ import io
 import json
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from uniq_tf import quantize, registry
+from uniq_tf import atomic, quantize, registry
 from uniq_tf._keras import keras, require_keras2_model, tf
+from uniq_tf.bitwidths import (
+    FLOAT_BITS,
+    PASS_THROUGH_TYPES,
+    BitResolver,
+    inner_layer,
+    model_nodes,
+)
 from uniq_tf.quantize_config import ActivationQuantizeConfig, KernelQuantizeConfig
 
 L = keras.layers
-FLOAT_BITS = 32
 CODEBOOK_ENTRY_BITS = 32
-
-# Layers whose output carries the bit width of their input: normalization and rescaling
-# (folded into the producer or the thresholds by deployment), routing, pooling and padding.
-PASS_THROUGH_TYPES: tuple[type, ...] = (
-    L.BatchNormalization, L.Rescaling, L.Normalization,
-    L.Dropout, L.GaussianNoise, L.GaussianDropout,
-    L.Flatten, L.Reshape, L.Permute,
-    L.ZeroPadding1D, L.ZeroPadding2D, L.ZeroPadding3D,
-    L.Cropping1D, L.Cropping2D, L.Cropping3D,
-    L.MaxPooling1D, L.MaxPooling2D, L.MaxPooling3D,
-    L.AveragePooling1D, L.AveragePooling2D, L.AveragePooling3D,
-    L.GlobalMaxPooling1D, L.GlobalMaxPooling2D, L.GlobalMaxPooling3D,
-    L.GlobalAveragePooling1D, L.GlobalAveragePooling2D, L.GlobalAveragePooling3D,
-    L.Add, L.Subtract, L.Average, L.Maximum, L.Minimum, L.Concatenate,
-)
-# An un-quantized ReLU keeps its input's grid; other non-linearities leave it (count 32).
-_GRID_KEEPING_ACTIVATIONS = ("linear", "relu")
 
 _FIXED_SHAPE_ADVICE = (
     "Build the model with a fixed input shape, e.g. keras.Input(shape=(224, 224, 3)) or "
@@ -249,91 +238,6 @@ def kernel_ops(
     raise TypeError(f"Layer {layer.name!r}: no BOPs formula for {type(layer).__name__}")
 
 
-# --------------------------------------------------------------------------- bit widths
-
-
-def _inner(layer):
-    return layer.layer if isinstance(layer, quantize.QuantizeWrapper) else layer
-
-
-def _node_key(layer, node_index: int) -> str:
-    # tf_keras' Functional._network_nodes uses this key format for the nodes a model owns.
-    return f"{layer.name}_ib-{node_index}"
-
-
-class _BitResolver:
-    """Bit widths on a model's graph, given each quantized layer's QuantizeConfig by name.
-
-    A tensor is named by its Keras history (layer, node_index, tensor_index) plus a scope:
-    the stack of (nested model, the node calling it) frames that reached it, so the walk
-    crosses nested-model boundaries both ways.
-    """
-
-    def __init__(self, configs: Mapping[str, object], input_bits: int):
-        self.configs = configs
-        self.input_bits = input_bits
-        self._memo: dict = {}
-
-    def config(self, layer):
-        return self.configs.get(layer.name)
-
-    def input_width(self, node, scope: tuple) -> int:
-        """The widest activation entering ``node`` (merges take the max of their inputs)."""
-        widths = [self.width(lyr, ni, ti, scope) for lyr, ni, ti, _ in node.iterate_inbound()]
-        return max(widths) if widths else self.input_bits
-
-    def width(self, layer, node_index: int, tensor_index: int, scope: tuple) -> int:
-        key = (id(layer), node_index, tensor_index, tuple(id(n) for _, n in scope))
-        if key not in self._memo:
-            self._memo[key] = self._width(layer, node_index, tensor_index, scope)
-        return self._memo[key]
-
-    def _width(self, layer, node_index, tensor_index, scope) -> int:
-        if isinstance(layer, L.InputLayer):
-            if not scope:
-                return self.input_bits
-            model, node = scope[-1]
-            position = [t._keras_history.layer for t in model.inputs].index(layer)
-            outer_layer, ni, ti, _ = list(node.iterate_inbound())[position]
-            return self.width(outer_layer, ni, ti, scope[:-1])
-        if isinstance(layer, keras.Model):
-            history = tf.nest.flatten(layer.outputs)[tensor_index]._keras_history
-            frame = (layer, layer._inbound_nodes[node_index])
-            return self.width(
-                history.layer, history.node_index, history.tensor_index, (*scope, frame)
-            )
-        config = self.config(layer)
-        bits = getattr(config, "activation_bits", None)
-        if bits is not None:
-            return bits
-        if config is None and _keeps_bit_width(_inner(layer)):
-            return self.input_width(layer._inbound_nodes[node_index], scope)
-        return FLOAT_BITS
-
-
-def _keeps_bit_width(layer) -> bool:
-    if isinstance(layer, PASS_THROUGH_TYPES):
-        return True
-    if isinstance(layer, L.ReLU):
-        return float(layer.negative_slope) == 0.0
-    if isinstance(layer, L.Activation):
-        return registry.activation_name(layer) in _GRID_KEEPING_ACTIVATIONS
-    return False
-
-
-def _model_nodes(model, scope: tuple = ()):
-    """(layer, node, scope) for every layer call in ``model``, forward order, nested models
-    entered (their layers listed instead of the model)."""
-    for layer in model.layers:
-        for node_index, node in enumerate(layer._inbound_nodes):
-            if _node_key(layer, node_index) not in model._network_nodes:
-                continue
-            if isinstance(layer, keras.Model):
-                yield from _model_nodes(layer, (*scope, (layer, node)))
-            elif not isinstance(layer, L.InputLayer):
-                yield layer, node, scope
-
-
 # --------------------------------------------------------------------------- the report
 
 
@@ -382,7 +286,7 @@ class BopsReport:
     def to_json(self, path: str | os.PathLike | None = None, indent: int = 2) -> str:
         text = json.dumps(self.to_dict(), indent=indent)
         if path is not None:
-            _write_atomic(path, text)
+            atomic.write_text(path, text)
         return text
 
     def to_csv(self, path: str | os.PathLike | None = None) -> str:
@@ -395,7 +299,7 @@ class BopsReport:
                 "?" if d is None else str(d) for d in row["output_shape"][1:])})
         text = buffer.getvalue()
         if path is not None:
-            _write_atomic(path, text)
+            atomic.write_text(path, text)
         return text
 
     def table(self) -> str:
@@ -416,18 +320,6 @@ CSV_COLUMNS = (
     "name", "type", "output_shape", "params", "weight_bits", "activation_bits",
     "codebook_size", "codebooks", "macs", "bops", "bops_simple", "weight_memory_bits",
 )
-
-
-def _write_atomic(path, text: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp_", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def summary(
@@ -483,7 +375,7 @@ def summary(
         configs = _plan(model, weight_bits, activation_bits, layer_bits, skip_layers, per_channel)
     else:
         configs = {}
-    return BopsReport(model.name, input_bits, _rows(model, _BitResolver(configs, input_bits)))
+    return BopsReport(model.name, input_bits, _rows(model, BitResolver(configs, input_bits)))
 
 
 def _check_priceable(model, where: str) -> None:
@@ -510,38 +402,19 @@ def _plan(model, weight_bits, activation_bits, layer_bits, skip_layers, per_chan
     activation_bits = quantize._check_bits(
         activation_bits, quantize.ACTIVATION_BITS_RANGE, "activation_bits"
     )
-    skip_layers = {skip_layers} if isinstance(skip_layers, str) else set(skip_layers)
-    layer_bits = dict(layer_bits or {})
-    names = [layer.name for layer in quantize.flatten_layers(model)]
-    unknown = sorted((set(layer_bits) | skip_layers) - set(names))
-    if unknown:
-        raise ValueError(
-            f"Unknown layer names {unknown} in layer_bits/skip_layers of model {model.name!r}. "
-            f"Layers are: {names}"
-        )
-    checked = {}
-    for name, pair in layer_bits.items():
-        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
-            raise ValueError(
-                f"layer_bits[{name!r}] must be a pair (weight_bits, activation_bits), got {pair!r}"
-            )
-        ranges = (quantize.WEIGHT_BITS_RANGE, quantize.ACTIVATION_BITS_RANGE)
-        checked[name] = tuple(
-            None if b is None else quantize._check_bits(b, allowed, f"layer_bits[{name!r}][{i}]")
-            for i, (b, allowed) in enumerate(zip(pair, ranges, strict=True))
-        )
+    checked, skip_layers = quantize.check_layer_overrides(model, layer_bits, skip_layers)
     return quantize._plan(
         model, weight_bits, activation_bits, checked, skip_layers, bool(per_channel),
         "gaussian", 1.0,
     )
 
 
-def _rows(model, resolver: _BitResolver) -> list[dict]:
+def _rows(model, resolver: BitResolver) -> list[dict]:
     rows, seen, unpriced = [], {}, []
-    for layer, node, scope in _model_nodes(model):
+    for layer, node, scope in model_nodes(model):
         seen[layer.name] = seen.get(layer.name, 0) + 1
         name = layer.name if seen[layer.name] == 1 else f"{layer.name}[call {seen[layer.name]}]"
-        inner = _inner(layer)
+        inner = inner_layer(layer)
         output_shape = tuple(tf.nest.flatten(node.outputs)[0].shape)
         params = _param_count(inner)
         row = {

@@ -9,11 +9,10 @@ from __future__ import annotations
 import functools
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from numbers import Real
 
-from uniq_tf import bops
+from uniq_tf import atomic, bops
 
 FULL_PRECISION = (32, 32)
 
@@ -180,13 +179,6 @@ def plot_tradeoff(
 
 
 def _save_atomic(figure, path: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp_", suffix=".png")
-    os.close(fd)
-    try:
-        figure.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with atomic.atomic_path(path) as temp:
+        figure.savefig(temp, format="png")

@@ -124,6 +124,34 @@ def _copy_with_weights(model):
     return copy
 
 
+def check_layer_overrides(
+    model, layer_bits: Mapping | None, skip_layers: Iterable[str] | str
+) -> tuple[dict[str, tuple[int | None, int | None]], set[str]]:
+    """``layer_bits`` and ``skip_layers`` of :func:`quantize_model`, checked against the layers
+    of ``model``: ({name: (weight_bits or None, activation_bits or None)}, {skipped names})."""
+    layer_bits = dict(layer_bits or {})
+    skip_layers = {skip_layers} if isinstance(skip_layers, str) else set(skip_layers)
+    names = [layer.name for layer in flatten_layers(model)]
+    unknown = sorted((set(layer_bits) | skip_layers) - set(names))
+    if unknown:
+        raise ValueError(
+            f"Unknown layer names {unknown} in layer_bits/skip_layers of model {model.name!r}. "
+            f"Layers are: {names}"
+        )
+    checked = {}
+    for name, pair in layer_bits.items():
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise ValueError(
+                f"layer_bits[{name!r}] must be a pair (weight_bits, activation_bits), got {pair!r}"
+            )
+        ranges = (WEIGHT_BITS_RANGE, ACTIVATION_BITS_RANGE)
+        checked[name] = tuple(
+            None if b is None else _check_bits(b, allowed, f"layer_bits[{name!r}][{i}]")
+            for i, (b, allowed) in enumerate(zip(pair, ranges, strict=True))
+        )
+    return checked, skip_layers
+
+
 def quantize_model(
     model,
     weight_bits: int = 4,
@@ -166,30 +194,7 @@ def quantize_model(
         raise ValueError(
             f"distribution must be one of {kquantile.DISTRIBUTIONS}, got {distribution!r}"
         )
-    names = [layer.name for layer in flatten_layers(model)]
-    layer_bits = dict(layer_bits or {})
-    if isinstance(skip_layers, str):
-        skip_layers = (skip_layers,)
-    skip_layers = set(skip_layers)
-    unknown = sorted((set(layer_bits) | skip_layers) - set(names))
-    if unknown:
-        raise ValueError(
-            f"Unknown layer names {unknown} in layer_bits/skip_layers of model {model.name!r}. "
-            f"Layers are: {names}"
-        )
-    checked = {}
-    for name, bits in layer_bits.items():
-        if not isinstance(bits, (tuple, list)) or len(bits) != 2:
-            raise ValueError(
-                f"layer_bits[{name!r}] must be a pair (weight_bits, activation_bits), got {bits!r}"
-            )
-        w, a = bits
-        checked[name] = (
-            None if w is None else _check_bits(w, WEIGHT_BITS_RANGE, f"layer_bits[{name!r}][0]"),
-            None if a is None else _check_bits(
-                a, ACTIVATION_BITS_RANGE, f"layer_bits[{name!r}][1]"
-            ),
-        )
+    checked, skip_layers = check_layer_overrides(model, layer_bits, skip_layers)
     plan = _plan(
         model, weight_bits, activation_bits, checked, skip_layers, per_channel, distribution,
         HIGH_NOISE_SCALE if high_noise else 1.0,

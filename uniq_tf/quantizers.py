@@ -53,6 +53,20 @@ def _with_identity_gradient(forward: tf.Tensor, w: tf.Tensor) -> tf.Tensor:
     return straight_through(w)
 
 
+def _add_mode_variable(layer, name: str, initial_mode: int) -> tf.Variable:
+    """A scalar int32 mode variable of ``layer``; switching modes assigns it, so a traced
+    train function picks up the new mode without retracing."""
+    return layer.add_weight(
+        name,
+        shape=(),
+        dtype=tf.int32,
+        initializer=keras.initializers.Constant(initial_mode),
+        trainable=False,
+        # Replicas all assign the same mode: keep the first instead of combining them.
+        aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+    )
+
+
 @keras.utils.register_keras_serializable(package="uniq_tf")
 class KQuantileWeightQuantizer(_Quantizer):
     """UNIQ weight quantizer (Baskin et al. 2021, sections 1-2 of shared/uniq-method.md).
@@ -87,15 +101,7 @@ class KQuantileWeightQuantizer(_Quantizer):
         self.initial_mode = int(initial_mode)
 
     def build(self, tensor_shape, name, layer):
-        mode = layer.add_weight(
-            f"{name}_{MODE_VARIABLE}",
-            shape=(),
-            dtype=tf.int32,
-            initializer=keras.initializers.Constant(self.initial_mode),
-            trainable=False,
-            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
-        )
-        return {"mode": mode}
+        return {"mode": _add_mode_variable(layer, f"{name}_{MODE_VARIABLE}", self.initial_mode)}
 
     def quantize(self, w: tf.Tensor) -> tf.Tensor:
         return kquantile.quantize(w, self.bits, self.channel_axes, self.distribution)
@@ -159,13 +165,8 @@ class SwitchableActivationQuantizer(_Quantizer):
 
     def build(self, tensor_shape, name, layer):
         weights = self._inner.build(tensor_shape, name, layer)
-        weights["act_mode"] = layer.add_weight(
-            f"{name}_{ACT_MODE_VARIABLE}",
-            shape=(),
-            dtype=tf.int32,
-            initializer=keras.initializers.Constant(self.initial_mode),
-            trainable=False,
-            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+        weights["act_mode"] = _add_mode_variable(
+            layer, f"{name}_{ACT_MODE_VARIABLE}", self.initial_mode
         )
         return weights
 

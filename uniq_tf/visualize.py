@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import os
 import struct
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from tensorflow.core.framework import summary_pb2
 
-from uniq_tf import kquantile
+from uniq_tf import atomic, kquantile
 from uniq_tf._keras import keras, require_keras2_model, tf
 from uniq_tf.quantize import float_kernel, get_codebooks, kernel_wrappers
 
@@ -173,17 +172,6 @@ def figure_png(fig: Figure) -> bytes:
     return buffer.getvalue()
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def _write_png_summary(tag: str, png: bytes, step: int) -> None:
     """What tf.summary.image writes for one PNG (the event TensorBoard's images plugin reads:
     [width, height, png]), without needing the tensorboard package."""
@@ -214,13 +202,13 @@ def plot_weight_histograms(
     hists = kernel_histograms(model, layers)
     if target.suffix.lower() == ".png":
         target.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(target, figure_png(grid_figure(list(hists.values()))))
+        atomic.write_bytes(target, figure_png(grid_figure(list(hists.values()))))
         return [target]
     target.mkdir(parents=True, exist_ok=True)
     paths = []
     for key, hist in hists.items():
         path = target / file_name(key)
-        _write_atomic(path, figure_png(histogram_figure(hist)))
+        atomic.write_bytes(path, figure_png(histogram_figure(hist)))
         paths.append(path)
     return paths
 
@@ -270,7 +258,7 @@ class WeightHistograms(keras.callbacks.Callback):
         for key, hist in kernel_histograms(self.model).items():
             png = figure_png(histogram_figure(hist))
             if directory is not None:
-                _write_atomic(directory / file_name(key), png)
+                atomic.write_bytes(directory / file_name(key), png)
             if self._writer is not None:
                 with self._writer.as_default():
                     _write_png_summary(f"weights/{key}", png, step=epoch)

@@ -1,0 +1,167 @@
+"""The settings of a training run (:class:`TrainConfig`), their parsers, and the checks that
+need neither data nor a model (examples/train.py's flags mirror the fields)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+
+from examples.training.strategy import parse_tf_config
+from uniq_tf import data, models
+from uniq_tf.kquantile import DISTRIBUTIONS
+from uniq_tf.quantize import ACTIVATION_BITS_RANGE, WEIGHT_BITS_RANGE
+
+OPTIMIZERS = ("sgd", "adam")
+LR_SCHEDULES = ("constant", "cosine")
+STRATEGIES = ("default", "mirrored", "multi_worker")
+APPLICATION_MODELS = ("resnet50", "mobilenet_v1")  # the builders that accept weights="imagenet"
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything a run needs; the command-line flags mirror these fields and defaults.
+
+    layer_bits: "name=w:a,..." (either side may be empty: "conv1=8:,fc=:8") or a dict
+        name -> (w, a). stages: "layer", an int (or its string), "a,b;c,d" (explicit stages of
+        kernel layer names), or a list of lists. skip_layers: "a,b" or a sequence of names.
+        strategy: one of STRATEGIES; batch_size is the global batch (all replicas together).
+    """
+
+    model: str = "small_cnn"
+    dataset: str = "digits"
+    data_dir: str | None = None
+    image_size: int | None = None
+    augment: bool = True
+    weight_bits: int = 4
+    activation_bits: int = 8
+    layer_bits: str | dict = ""
+    skip_layers: str | Sequence[str] = ""
+    per_channel: bool = False
+    distribution: str = "gaussian"
+    high_noise: bool = False
+    stages: str | int | list = "layer"
+    float_epochs: int = 15
+    warmup_epochs: int = 0
+    epochs_per_stage: int = 2
+    final_epochs: int = 2
+    optimizer: str = "adam"
+    learning_rate: float = 3e-3
+    uniq_learning_rate: float = 3e-4
+    lr_schedule: str = "cosine"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    batch_size: int = 64
+    max_steps_per_epoch: int = 0
+    calibration_steps: int = 10
+    seed: int = 0
+    pretrained: str | None = None
+    strategy: str = "default"
+    output_dir: str = "outputs/train"
+    verbose: int = 1
+
+
+# ---------------------------------------------------------------- parsing and validation
+
+
+def parse_layer_bits(value: str | dict) -> dict[str, tuple[int | None, int | None]]:
+    """ "conv1=8:8,fc=8:" -> {"conv1": (8, 8), "fc": (8, None)}; dicts pass through."""
+    if isinstance(value, dict):
+        return dict(value)
+    out = {}
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        name, sep, bits = item.partition("=")
+        w, colon, a = bits.partition(":")
+        if not sep or not colon or not name.strip():
+            raise ValueError(
+                f"layer_bits entry {item!r} must look like name=weight_bits:activation_bits "
+                '(e.g. "conv1=8:8"; leave a side empty to keep the default: "fc=8:")'
+            )
+        try:
+            out[name.strip()] = tuple(int(b) if b.strip() else None for b in (w, a))
+        except ValueError as error:
+            raise ValueError(f"layer_bits entry {item!r}: bits must be integers") from error
+    return out
+
+
+def parse_stages(value: str | int | list) -> str | int | list[list[str]]:
+    """ "layer" | "3" | 3 | "conv1,conv2;fc" -> "layer" | 3 | [["conv1", "conv2"], ["fc"]]."""
+    if not isinstance(value, str):
+        return value
+    value = value.strip()
+    if value == "layer":
+        return value
+    if value.lstrip("-").isdigit():
+        return int(value)
+    stages = [[n.strip() for n in group.split(",") if n.strip()] for group in value.split(";")]
+    if not value or any(not stage for stage in stages):
+        raise ValueError(
+            f'stages must be "layer", a number, or ";"-separated groups of comma-separated '
+            f'layer names ("conv1,conv2;fc"), got {value!r}'
+        )
+    return stages
+
+
+def parse_names(value: str | Sequence[str]) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return tuple(n.strip() for n in value.split(",") if n.strip())
+    return tuple(value)
+
+
+def _check_int(config, field: str, minimum: int, maximum: int | None = None) -> None:
+    value = getattr(config, field)
+    bad = isinstance(value, bool) or not isinstance(value, (int, np.integer))
+    if bad or value < minimum or (maximum is not None and value > maximum):
+        allowed = f"{minimum}..{maximum}" if maximum is not None else f">= {minimum}"
+        raise ValueError(f"{field} must be an integer {allowed}, got {value!r}")
+
+
+def _check_choice(config, field: str, allowed: Sequence[str]) -> None:
+    if getattr(config, field) not in allowed:
+        raise ValueError(f"Unknown {field} {getattr(config, field)!r}; allowed: {list(allowed)}")
+
+
+def validate_config(config: TrainConfig) -> None:
+    """The checks that need neither data nor a model; ValueError naming the flag."""
+    _check_choice(config, "model", sorted(models.MODELS))
+    if config.dataset.split("/")[0] not in data.DATASETS:
+        raise ValueError(f"Unknown dataset {config.dataset!r}; allowed: {list(data.DATASETS)}")
+    _check_choice(config, "optimizer", OPTIMIZERS)
+    _check_choice(config, "lr_schedule", LR_SCHEDULES)
+    _check_choice(config, "distribution", DISTRIBUTIONS)
+    _check_choice(config, "strategy", STRATEGIES)
+    _check_int(config, "weight_bits", *WEIGHT_BITS_RANGE)
+    _check_int(config, "activation_bits", *ACTIVATION_BITS_RANGE)
+    for field in ("float_epochs", "warmup_epochs", "final_epochs", "max_steps_per_epoch",
+                  "calibration_steps", "seed"):
+        _check_int(config, field, 0)
+    _check_int(config, "epochs_per_stage", 1)
+    _check_int(config, "batch_size", 1)
+    for field in ("learning_rate", "uniq_learning_rate"):
+        if not getattr(config, field) > 0:
+            raise ValueError(f"{field} must be > 0, got {getattr(config, field)!r}")
+    if not 0 <= config.momentum < 1:
+        raise ValueError(f"momentum must be in [0, 1), got {config.momentum!r}")
+    if not config.weight_decay >= 0:
+        raise ValueError(f"weight_decay must be >= 0, got {config.weight_decay!r}")
+    if config.pretrained == "imagenet" and config.model not in APPLICATION_MODELS:
+        raise ValueError(
+            f'pretrained="imagenet" is available for {list(APPLICATION_MODELS)}, not '
+            f"{config.model!r}; pass a weights file (.h5) instead"
+        )
+    if config.pretrained not in (None, "", "imagenet") and not os.path.isfile(config.pretrained):
+        raise ValueError(f"pretrained weights file {config.pretrained!r} does not exist")
+    parse_layer_bits(config.layer_bits)
+    parse_stages(config.stages)
+    if config.strategy == "multi_worker":
+        parse_tf_config(os.environ.get("TF_CONFIG"))
+    elif os.environ.get("TF_CONFIG"):
+        # Started as one of several workers, each would train alone into the same output_dir.
+        warnings.warn(
+            f"TF_CONFIG is set but --strategy={config.strategy}: this process trains alone. "
+            "Pass --strategy=multi_worker to train with the cluster TF_CONFIG describes.",
+            stacklevel=2,
+        )
