@@ -264,6 +264,8 @@ def test_save_and_load_gives_bit_identical_outputs(tmp_path, fmt):
         ({"skip_layers": ["c9"]}, "Unknown layer names ['c9']"),
         ({"layer_bits": {"c1": (0, 8)}}, "layer_bits['c1'][0] must be in 1..16"),
         ({"layer_bits": {"c1": 4}}, "must be a pair"),
+        ({"layer_bits": {"bn1": (2, 2)}}, "names 'bn1' (BatchNormalization), which UNIQ does not"),
+        ({"layer_bits": {"r1": (2, 3)}}, "sets weight bits 2, but 'r1' is an activation layer"),
         ({"distribution": "laplace"}, "distribution must be one of"),
         ({"skip_layers": ["c1", "dw", "fc"]}, "has no layer UNIQ can quantize"),
     ],

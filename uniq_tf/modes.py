@@ -6,13 +6,20 @@ an already traced train function (no retrace).
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterable
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from uniq_tf._keras import tf
-from uniq_tf.quantize import kernel_wrappers, output_quantizers, weight_quantizers, wrappers
+from uniq_tf.quantize import (
+    get_activation_ranges,
+    kernel_wrappers,
+    output_quantizers,
+    weight_quantizers,
+    wrappers,
+)
 from uniq_tf.quantizers import ActMode, Mode
 
 
@@ -70,7 +77,11 @@ def calibrate_activations(model, data, steps: int | None = None, verbose: bool =
     ``data``: a tf.data.Dataset or an iterable of input batches (or (x, y) pairs).
     Returns layer name -> (min, max).
     """
+    bad_steps = isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1
+    if steps is not None and bad_steps:
+        raise ValueError(f"steps must be a positive integer or None, got {steps!r}")
     previous = activation_modes(model)
+    previous_ranges = get_activation_ranges(model)
     for wrapper in wrappers(model):
         for _, variables in output_quantizers(wrapper):
             variables["min_var"].assign(np.inf)
@@ -92,6 +103,19 @@ def calibrate_activations(model, data, steps: int | None = None, verbose: bool =
         if steps is not None and count >= steps:
             break
     bar.close()
+    if count == 0:
+        # Without a batch the ranges would be +-inf, clamped to a meaningless [0, 1e-3]: keep
+        # the old ranges and modes instead and say why.
+        for wrapper in wrappers(model):
+            for _, variables in output_quantizers(wrapper):
+                lo, hi, _ = previous_ranges[wrapper.layer.name]
+                variables["min_var"].assign(lo)
+                variables["max_var"].assign(hi)
+                variables["act_mode"].assign(int(previous[wrapper.layer.name]))
+        raise ValueError(
+            "calibrate_activations got no batch from `data` (an empty dataset or iterable); "
+            "activation ranges were left as they were."
+        )
     ranges = {}
     for wrapper in wrappers(model):
         for _, variables in output_quantizers(wrapper):

@@ -124,6 +124,25 @@ def _copy_with_weights(model):
     return copy
 
 
+def _check_override_target(layer, pair) -> None:
+    """A bit override must name a layer whose bits it can set (else it would do nothing)."""
+    kind = type(layer).__name__
+    if registry.kernel_attributes(layer) is not None:
+        return
+    if registry.is_activation_layer(layer):
+        if pair[0] is not None:
+            raise ValueError(
+                f"layer_bits[{layer.name!r}] sets weight bits {pair[0]}, but {layer.name!r} is an "
+                f"activation layer ({kind}) without weights; use (None, activation_bits)."
+            )
+        return
+    raise ValueError(
+        f"layer_bits names {layer.name!r} ({kind}), which UNIQ does not quantize; it applies to "
+        f"kernel layers ({', '.join(t.__name__ for t in registry.KERNEL_CHANNEL_AXES)}) and to "
+        "ReLU/Activation layers (activation bits only)."
+    )
+
+
 def check_layer_overrides(
     model, layer_bits: Mapping | None, skip_layers: Iterable[str] | str
 ) -> tuple[dict[str, tuple[int | None, int | None]], set[str]]:
@@ -138,12 +157,14 @@ def check_layer_overrides(
             f"Unknown layer names {unknown} in layer_bits/skip_layers of model {model.name!r}. "
             f"Layers are: {names}"
         )
+    by_name = {layer.name: layer for layer in flatten_layers(model)}
     checked = {}
     for name, pair in layer_bits.items():
         if not isinstance(pair, (tuple, list)) or len(pair) != 2:
             raise ValueError(
                 f"layer_bits[{name!r}] must be a pair (weight_bits, activation_bits), got {pair!r}"
             )
+        _check_override_target(by_name[name], pair)
         ranges = (WEIGHT_BITS_RANGE, ACTIVATION_BITS_RANGE)
         checked[name] = tuple(
             None if b is None else _check_bits(b, allowed, f"layer_bits[{name!r}][{i}]")
