@@ -1,0 +1,142 @@
+"""The benchmark scripts work: bench/run_all.py --smoke end to end (into tmp_path, never
+docs/), plus the peers and the timing helpers they rely on."""
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from uniq_tf._keras import keras
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench import accuracy, common, peers  # noqa: E402
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _digest(path: Path) -> str | None:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
+
+
+@pytest.mark.slow
+def test_run_all_smoke_writes_well_formed_results(tmp_path):
+    docs = ROOT / "docs" / "benchmarks.md"
+    before = _digest(docs)
+    subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run_all.py"), "--smoke",
+         f"--output_dir={tmp_path}"],
+        check=True, cwd=ROOT, timeout=840,
+    )
+    assert _digest(docs) == before, "a smoke run must not rewrite docs/benchmarks.md"
+
+    acc = json.loads((tmp_path / "accuracy.json").read_text())
+    methods = acc["config"]["methods"]
+    assert set(methods) == set(accuracy.DEFAULT_METHODS)
+    assert len(acc["runs"]) == len(methods)  # 1 model, 1 seed, 1 bit-width pair
+    assert all(0.0 <= r["accuracy"] <= 1.0 for r in acc["runs"])
+    assert {r["method"] for r in acc["runs"]} == set(methods)
+    fine_tuned = [r for r in acc["runs"] if r["method"] in accuracy.FINE_TUNED]
+    assert {r["epochs"] for r in fine_tuned} == {acc["epochs"]["small_cnn"]}
+    bops = acc["bops"]["small_cnn"]
+    assert 0 < bops["W4A8"] < bops["float"]
+    assert {e["method"] for e in acc["summary"]} == set(methods) | {"float"}
+
+    speed = json.loads((tmp_path / "train_speed.json").read_text())
+    assert speed["summary"]["float"]["ratio"] == pytest.approx(1.0)
+    for entry in speed["summary"].values():
+        assert entry["median_s"] > 0 and entry["calls"] == 4
+
+    deploy = json.loads((tmp_path / "deploy.json").read_text())
+    (model,) = deploy["models"]
+    sizes = model["sizes"]
+    assert 0 < sizes["TFLite int8"]["raw"] < sizes["TFLite float"]["raw"]
+    assert model["packed_index_ratio"] <= 1.05 * model["packed_limit"]
+    assert model["latency"]["int8"]["median_s"] > 0
+
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["mode"] == "smoke" and run["machine"]["cores"] >= 1
+    page = (tmp_path / "benchmarks.md").read_text()
+    for heading in ("## Targets", "## 1. Accuracy", "## 2. Training cost", "## 3. Deployment"):
+        assert heading in page
+    assert run["machine"]["tensorflow"] in page and "img/accuracy_bops_small_cnn.png" in page
+    for png in (tmp_path / "accuracy_bops_small_cnn.png",
+                tmp_path / "img" / "accuracy_bops_small_cnn.png"):
+        assert png.read_bytes()[:8] == PNG_SIGNATURE
+
+
+def _tiny_float_model():
+    inputs = keras.Input((6, 6, 2))
+    x = keras.layers.Conv2D(8, 3, name="conv")(inputs)
+    x = keras.layers.ReLU(name="relu")(x)
+    x = keras.layers.Flatten()(x)
+    outputs = keras.layers.Dense(4, name="fc")(x)
+    model = keras.Model(inputs, outputs)
+    return model
+
+
+@pytest.mark.parametrize("bits,narrow", [(2, True), (2, False), (3, True), (3, False)])
+def test_uniform_peer_levels_per_channel(bits, narrow):
+    float_model = _tiny_float_model()
+    model = peers.uniform_qat(float_model, bits, 8, narrow_range=narrow)
+    peers.set_uniform_ranges(model)
+    levels = peers.distinct_kernel_values(model)
+    assert set(levels) == {"conv", "fc"}
+    # Integers -(2^(b-1) - 1) .. 2^(b-1) - 1 (narrow) or -2^(b-1) .. 2^(b-1) - 1 (full range)
+    # times a per-channel scale; the widest channel of a 2-bit ternary kernel uses all three.
+    limit = 2**bits - 1 if narrow else 2**bits
+    assert all(2 < n <= limit for n in levels.values()), levels
+    # The float model is left untouched.
+    assert float_model.get_layer("conv").kernel is not model.get_layer("conv").layer.kernel
+
+
+def test_clustering_peer_has_2b_levels_and_quantized_activations():
+    model = peers.clustered(_tiny_float_model(), 2, 4, "kmeans++")
+    assert peers.distinct_kernel_values(model) == {"conv": 4, "fc": 4}
+    relu = model.get_layer("relu")
+    assert relu.quantize_config.activation_bits == 4
+    x = np.random.default_rng(0).random((2, 6, 6, 2)).astype("float32")
+    assert model(x).shape == (2, 4)
+
+
+def test_interleaved_times_runs_every_variant_in_rounds():
+    calls = []
+    variants = {name: (lambda n=name: calls.append(n)) for name in ("a", "b", "c")}
+    times = common.interleaved_times(variants, rounds=4, calls_per_round=3, warmup_calls=1)
+    assert {k: len(v) for k, v in times.items()} == {"a": 12, "b": 12, "c": 12}
+    timed = calls[3:]  # after one warm-up call each
+    # Each round is one contiguous block of 3 calls per variant, every variant once per round.
+    for start in range(0, len(timed), 9):
+        block = timed[start:start + 9]
+        assert sorted(block) == sorted(["a"] * 3 + ["b"] * 3 + ["c"] * 3)
+        assert all(block[i] == block[i - i % 3] for i in range(9))
+    summary = common.timing_summary({"f": [1.0, 2.0, 3.0], "g": [4.0, 4.0, 4.0]}, "f")
+    assert summary["g"]["ratio"] == pytest.approx(2.0)
+    assert summary["f"]["median_s"] == 2.0
+
+
+def test_targets_compare_uniq_with_the_best_peer():
+    results = {
+        "config": {"models": ["m"]},
+        "summary": [
+            {"model": "m", "method": "float", "weight_bits": 32, "activation_bits": 32,
+             "mean": 99.0},
+            {"model": "m", "method": "uniq", "weight_bits": 4, "activation_bits": 8,
+             "mean": 98.6},
+            {"model": "m", "method": "uniq", "weight_bits": 2, "activation_bits": 8,
+             "mean": 97.0},
+            {"model": "m", "method": "uniform_qat", "weight_bits": 2, "activation_bits": 8,
+             "mean": 97.5},
+            {"model": "m", "method": "ptq_uniform", "weight_bits": 2, "activation_bits": 8,
+             "mean": 50.0},
+        ],
+    }
+    met = {t["target"]: t["met"] for t in accuracy.targets(results)}
+    assert met == {"UNIQ W4A8 within 0.5 points of float": True,
+                   "UNIQ W2A8 >= every peer": False}
