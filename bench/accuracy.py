@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 import time
 from collections.abc import Sequence
@@ -33,7 +34,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 import uniq_tf  # noqa: E402
 from bench import common, peers  # noqa: E402
-from uniq_tf import bops, data, models  # noqa: E402
+from uniq_tf import atomic, bops, data, models  # noqa: E402
 from uniq_tf._keras import keras, tf  # noqa: E402
 from uniq_tf.callbacks import GradualQuantization  # noqa: E402
 
@@ -99,8 +100,9 @@ class AccuracyConfig:
     per_channel: bool = False
     distribution: str = "gaussian"
     high_noise: bool = False
-    uniform_narrow_range: bool = False
+    uniform_range: str = "auto"  # "auto" (peers.narrow_range_for), "narrow" or "full"
     max_steps_per_epoch: int = 0
+    float_dir: str | None = None
 
 
 def _datasets(config: AccuracyConfig, seed: int):
@@ -151,6 +153,24 @@ def _evaluate(model, test) -> float:
     return float(model.evaluate(test, verbose=0, return_dict=True)["accuracy"])
 
 
+def float_model(name: str, seed: int, config: AccuracyConfig):
+    """(float model, test accuracy) of ``seed``: trained, or loaded from ``config.float_dir``
+    where an earlier process saved it (then saved there after training)."""
+    if config.float_dir is None:
+        return train_float(name, seed, config)
+    path = Path(config.float_dir, f"{name}_seed{seed}")
+    if path.with_suffix(".json").exists():
+        model = keras.models.load_model(str(path.with_suffix(".h5")), compile=False)
+        accuracy = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))["accuracy"]
+        return model, accuracy
+    model, accuracy = train_float(name, seed, config)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic.atomic_path(path.with_suffix(".h5")) as temp:
+        model.save(temp, save_format="h5")
+    common.write_json(str(path.with_suffix(".json")), {"accuracy": accuracy})
+    return model, accuracy
+
+
 def train_float(name: str, seed: int, config: AccuracyConfig):
     """The float model of ``seed`` and its test accuracy."""
     common.set_seed(seed)
@@ -172,7 +192,8 @@ def build(method: str, float_model, weight_bits: int, activation_bits: int,
         )
     if method in ("uniform_qat", "ptq_uniform"):
         return peers.uniform_qat(
-            float_model, weight_bits, activation_bits, config.uniform_narrow_range
+            float_model, weight_bits, activation_bits,
+            None if config.uniform_range == "auto" else config.uniform_range == "narrow",
         )
     if method in ("cluster_density", "cluster_kmeans"):
         init = "density" if method == "cluster_density" else "kmeans++"
@@ -181,12 +202,17 @@ def build(method: str, float_model, weight_bits: int, activation_bits: int,
 
 
 def _prepare(method: str, model, train, config: AccuracyConfig) -> None:
-    """Activation ranges from data, then each method's starting state."""
-    uniq_tf.calibrate_activations(model, train, steps=config.calibration_steps, verbose=False)
-    if method in ("kquantile_ste", "ptq_kquantile"):
-        uniq_tf.set_weight_mode(model, uniq_tf.Mode.QUANTIZED)
+    """Each method's starting state, then activation ranges from data.
+
+    The weight ranges of the uniform quantizer come first: until set, its LastValueQuantizer
+    quantizes to TFMOT's initial range [-6, 6] at inference, and activation ranges calibrated
+    through such weights would be far too narrow.
+    """
     if method in ("uniform_qat", "ptq_uniform"):
         peers.set_uniform_ranges(model)
+    if method in ("kquantile_ste", "ptq_kquantile"):
+        uniq_tf.set_weight_mode(model, uniq_tf.Mode.QUANTIZED)
+    uniq_tf.calibrate_activations(model, train, steps=config.calibration_steps, verbose=False)
 
 
 class HardInsteadOfNoise(keras.callbacks.Callback):
@@ -279,7 +305,7 @@ def run(config: AccuracyConfig, progress=print, float_cache: dict | None = None)
             if float_cache is not None and (name, seed) in float_cache:
                 model, accuracy = float_cache[(name, seed)]
             else:
-                model, accuracy = train_float(name, seed, config)
+                model, accuracy = float_model(name, seed, config)
                 if float_cache is not None:
                     float_cache[(name, seed)] = (model, accuracy)
             float_models[seed] = model
@@ -385,11 +411,16 @@ def _best_in_columns(rows, methods, bits) -> dict:
     return best
 
 
+PLOTTED = ("float",) + FINE_TUNED
+
+
 def plot_points(results: dict, name: str) -> list[dict]:
-    """Points for uniq_tf.plots.plot_tradeoff: one series per method, accuracy in %."""
+    """Points for uniq_tf.plots.plot_tradeoff: one series per fine-tuned method and float,
+    accuracy in %. The post-training methods stay in the tables: tens of points lower at low
+    bits, they would squeeze every other series into a line."""
     points = []
     for entry in results["summary"]:
-        if entry["model"] != name:
+        if entry["model"] != name or entry["method"] not in PLOTTED:
             continue
         label = "float" if entry["method"] == "float" else METHODS[entry["method"]]
         point = {"method": label, "bops": entry["bops"], "accuracy": entry["mean"],
@@ -452,7 +483,13 @@ def _parse_args(argv):
     size.add_argument("--smoke", action="store_true", help="the smallest run (CI test)")
     parser.add_argument("--output_dir", default="outputs/bench")
     parser.add_argument("--output_name", default="accuracy", help="<name>.json, <name>.md")
-    parser.add_argument("--json_only", action="store_true", help="no markdown, no plots")
+    parser.add_argument("--json_only", action="store_true",
+                        help="no markdown, no plots, no table printed")
+    parser.add_argument("--float_dir", default=None,
+                        help="load the float models from here (training and saving the "
+                             "missing ones), so that several processes share them")
+    parser.add_argument("--float_only", action="store_true",
+                        help="only train (and with --float_dir save) the float models")
     parser.add_argument("--models", default=None, help="comma-separated model names")
     parser.add_argument("--methods", default=None, help="comma-separated method keys")
     parser.add_argument("--seeds", type=int, default=None, help="number of seeds")
@@ -462,8 +499,9 @@ def _parse_args(argv):
     parser.add_argument("--per_channel", action="store_true")
     parser.add_argument("--distribution", default="gaussian")
     parser.add_argument("--high_noise", action="store_true")
-    parser.add_argument("--narrow_uniform", action="store_true",
-                        help="uniform QAT with TFMOT's narrow range (2^b - 1 levels)")
+    parser.add_argument("--uniform_range", choices=("auto", "narrow", "full"), default="auto",
+                        help="uniform QAT's symmetric range: TFMOT's narrow (2^b - 1 levels), "
+                             "full (2^b), or auto (full at 2 bits, narrow above)")
     parser.add_argument("--schedule", default=None,
                         help='UNIQ schedule "stages:epochs_per_stage:final_epochs" for every '
                              'model, e.g. "layer:2:2" or "4:3:2"')
@@ -483,6 +521,9 @@ def config_from_args(args) -> AccuracyConfig:
                 per_model.setdefault(name, per_model[first])
     if args.methods:
         config.methods = tuple(args.methods.split(","))
+    if args.float_only:
+        config.methods = ()
+    config.float_dir = args.float_dir
     if args.seeds:
         config.seeds = {name: tuple(range(args.seeds)) for name in config.models}
     if args.bits:
@@ -501,7 +542,7 @@ def config_from_args(args) -> AccuracyConfig:
     config.per_channel = args.per_channel
     config.distribution = args.distribution
     config.high_noise = args.high_noise
-    config.uniform_narrow_range = args.narrow_uniform
+    config.uniform_range = args.uniform_range
     return config
 
 
@@ -522,21 +563,27 @@ def smoke_config() -> AccuracyConfig:
 
 
 def merge(parts: Sequence[dict]) -> dict:
-    """One result from runs of the same configuration on different models (run_all runs the
-    models in parallel processes)."""
+    """One result from parts of one configuration run separately (run_all runs each model's
+    methods in their own processes): runs concatenated, floats by (model, seed), the methods
+    in METHODS order, seconds summed (process time, not wall time)."""
     if not parts:
         raise ValueError("merge needs at least one result")
     merged = {"config": dict(parts[0]["config"]), "float": [], "runs": [], "bops": {},
               "epochs": {}}
-    merged["config"]["models"] = [m for part in parts for m in part["config"]["models"]]
+    merged["config"]["models"] = list(dict.fromkeys(
+        m for part in parts for m in part["config"]["models"]))
     for key in ("bits", "seeds"):
         merged["config"][key] = {k: v for part in parts for k, v in part["config"][key].items()}
+    floats = {}
     for part in parts:
-        for key in ("float", "runs"):
-            merged[key] += part[key]
+        merged["runs"] += part["runs"]
+        floats.update({(f["model"], f["seed"]): f for f in part["float"]})
         for key in ("bops", "epochs"):
             merged[key].update(part[key])
-    merged["seconds"] = max(part["seconds"] for part in parts)
+    merged["float"] = list(floats.values())
+    merged["config"]["methods"] = [m for m in METHODS
+                                   if any(m in part["config"]["methods"] for part in parts)]
+    merged["seconds"] = sum(part["seconds"] for part in parts)
     merged["summary"] = summarize(merged)
     return merged
 
@@ -557,7 +604,7 @@ def main(argv=None) -> None:
         common.write_json(str(Path(args.output_dir) / f"{args.output_name}.json"), results)
     else:
         write_outputs(results, args.output_dir, args.output_name)
-    print(tables(results))
+        print(tables(results))
 
 
 if __name__ == "__main__":

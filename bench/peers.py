@@ -9,9 +9,10 @@ is the weight quantizer's doing.
 - ``uniform_qat``: TFMOT's own uniform weight quantizer, ``LastValueQuantizer`` (per output
   channel, symmetric, straight-through gradient). TFMOT's 8-bit scheme uses its narrow range,
   2^b - 1 levels (n = 2^(b-1) - 1, s_c = max|w_c| / n, w_q = s_c clip(round(w / s_c), -n, n)),
-  which leaves 3 levels at 2 bits; the full range (``narrow_range=False``, 2^b levels, the
-  range widened to [-2^(b-1), 2^(b-1) - 1] s_c) was as good or better at every bit width in
-  our runs (bench/findings.md), so it is the default here. Activations go through the same
+  which leaves 3 levels at 2 bits; its full range (``narrow_range=False``: 2^b levels, the
+  range widened to [-2^(b-1), 2^(b-1) - 1] s_c) is clearly better there and slightly worse
+  from 3 bits on (bench/findings.md), so :func:`narrow_range_for` picks the full range at
+  2 bits and TFMOT's narrow range above. Activations go through the same
   quantizer UNIQ uses (TFMOT's ``MovingAverageQuantizer`` at the activation bits, behind
   uniq_tf's mode switch so that ``uniq_tf.calibrate_activations`` initializes its range the
   same way).
@@ -46,7 +47,7 @@ CLUSTER_INITS = {
 class UniformKernelConfig(tfmot.quantization.keras.QuantizeConfig):
     """A kernel layer's kernel -> TFMOT LastValueQuantizer(bits, per-channel, symmetric)."""
 
-    def __init__(self, bits: int, narrow_range: bool = False):
+    def __init__(self, bits: int, narrow_range: bool = True):
         self.bits = int(bits)
         self.narrow_range = bool(narrow_range)
 
@@ -98,8 +99,15 @@ def _wrap(model, wrap_kernel, activation_bits: int | None):
         return keras.models.clone_model(copy_model(model), clone_function=clone)
 
 
-def uniform_qat(model, weight_bits: int, activation_bits: int, narrow_range: bool = False):
+def narrow_range_for(weight_bits: int) -> bool:
+    """The better of TFMOT's two symmetric ranges in our runs: full below 3 bits, else narrow."""
+    return weight_bits >= 3
+
+
+def uniform_qat(model, weight_bits: int, activation_bits: int, narrow_range: bool | None = None):
     """Uniform QAT with TFMOT's quantizers (see the module docstring)."""
+    if narrow_range is None:
+        narrow_range = narrow_range_for(weight_bits)
     config = UniformKernelConfig(weight_bits, narrow_range)
     return _wrap(
         model, lambda layer: QuantizeWrapper(layer, config, name_prefix=""), activation_bits

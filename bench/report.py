@@ -20,8 +20,8 @@ ACCURACY_METHODS = """\
 Data: scikit-learn's digits (1,797 8x8 images; 1,347 train, 450 test, so one test image is
 0.22 points), with the project's pipeline (`uniq_tf.data`, random pad-and-crop). For each model
 and seed one float model is trained (Adam {float_learning_rate:g}, cosine decay, {float_epochs}
-epochs; the seed fixes the
-initialization and the data order) and every method starts from that same float model:
+epochs; the seed fixes the initialization and the data order) and every method starts from
+that same float model:
 
 - **UNIQ**: `uniq_tf.quantize_model` (k-quantile codebooks, {fit}) and
   `uniq_tf.callbacks.GradualQuantization` ({schedules}).
@@ -37,10 +37,10 @@ initialization and the data order) and every method starts from that same float 
   centroids trained. TFMOT's own way to quantize activations after clustering
   (cluster-preserving QAT) is 8-bit only, so the clustered models get the same activation
   quantizers as all others, inserted with the same TFMOT wrapper: activations are quantized,
-  not float. (Kernels with fewer weights than clusters stay float, as `cluster_weights` leaves
-  them: ResNet-20's first conv has 144 weights < 256.)
+  not float. (A kernel with no more weights than clusters would stay float, as
+  `cluster_weights` leaves it; none does in these runs.)
 - **post-training k-quantile / uniform**: the same quantizers set from the float weights
-  (activation ranges calibrated), no training.
+  (then the activation ranges calibrated), no training.
 
 Every method has the same activation quantizer after each ReLU (TFMOT's
 `MovingAverageQuantizer` at the activation bits, its range calibrated on {calibration_steps}
@@ -64,11 +64,13 @@ def accuracy_methods(config: dict) -> str:
                          f"{s['final_epochs']} final epochs with every layer quantized and frozen")
     fit = "Gaussian fit" if config["distribution"] == "gaussian" else "empirical CDF"
     fit += ", per output channel" if config["per_channel"] else ", per tensor"
-    uniform_levels = (
-        "2^b - 1 levels (TFMOT's narrow range)" if config["uniform_narrow_range"]
-        else "2^b levels (TFMOT's full range: better than its narrow range at low bits, see "
-        "the findings)"
-    )
+    uniform_levels = {
+        "narrow": "TFMOT's narrow range (2^b - 1 levels)",
+        "full": "TFMOT's full range (2^b levels)",
+        "auto": "TFMOT's full range (2^b levels) at 2 bits and its narrow range (2^b - 1 "
+                "levels, its 8-bit default) above, the better of the two at each width in our "
+                "runs (see the findings)",
+    }[config["uniform_range"]]
     fields = {**config, "schedules": "; ".join(schedules), "fit": fit,
               "uniform_levels": uniform_levels}
     return ACCURACY_METHODS.format(**fields)
@@ -143,6 +145,8 @@ def render(results: dict, run_info: dict, image_dir: str = "img") -> str:
             accuracy_methods(acc["config"]),
             accuracy.tables(acc),
         ]
+        parts.append("Accuracy against BOPs (`uniq_tf.plot_tradeoff`; fine-tuned methods and "
+                     "float, error bars one standard deviation, the Pareto front ringed):\n")
         for name in acc["config"]["models"]:
             parts.append(f"![accuracy vs BOPs, {name}]({image_dir}/accuracy_bops_{name}.png)\n")
     if "train_speed" in results:

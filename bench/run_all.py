@@ -4,11 +4,13 @@
     .venv/bin/python bench/run_all.py --quick    # make bench-quick: a smoke run (< 5 min)
     .venv/bin/python bench/run_all.py --smoke --output_dir=/tmp/b   # the CI test's run
 
-Each benchmark runs in its own Python process (bench/accuracy.py, bench/train_speed.py,
-bench/deploy.py), so that one's memory and traced graphs do not slow the next one's timings.
-Outputs in ``--output_dir`` (default outputs/bench): accuracy.json, train_speed.json,
-deploy.json, each with a markdown table (.md), the accuracy-vs-BOPs plots (PNG), run.json
-(machine, command, durations) and benchmarks.md. The full run also writes
+Each benchmark runs in child processes (bench/accuracy.py, bench/train_speed.py,
+bench/deploy.py), so that one's memory and traced graphs do not slow the next one's timings;
+the accuracy benchmark runs one process per (model, method), two at a time (``--jobs``), from
+float models trained once and saved under accuracy_parts/. Outputs in ``--output_dir``
+(default outputs/bench): accuracy.json, train_speed.json, deploy.json, each with a markdown
+table (.md), the accuracy-vs-BOPs plots (PNG), run.json (machine, command, durations) and
+benchmarks.md; ``--render_only`` rewrites benchmarks.md from them. The full run also writes
 ``docs/benchmarks.md`` and its plots in ``docs/img/`` (``--docs_dir`` changes or, with
 ``--docs_dir=""``, skips that); quick and smoke runs never touch docs/ unless given
 ``--docs_dir``.
@@ -44,7 +46,7 @@ def _parse_args(argv):
                         help="where benchmarks.md and img/ go (default: docs/ for the full "
                              "run, nowhere for --quick/--smoke); empty string: nowhere")
     parser.add_argument("--jobs", type=int, default=2,
-                        help="parallel processes for the full accuracy run (one per model)")
+                        help="parallel processes for the accuracy benchmark")
     parser.add_argument("--render_only", action="store_true",
                         help="no runs: rewrite benchmarks.md (and the docs) from the results "
                              "already in --output_dir (after editing bench/findings.md)")
@@ -68,34 +70,74 @@ def _start(command: list[str]) -> subprocess.Popen:
     return subprocess.Popen(command, cwd=ROOT, env=env)
 
 
-def _wait(processes: list[subprocess.Popen]) -> None:
+def _wait(processes: list[subprocess.Popen], others: list[subprocess.Popen] = ()) -> None:
+    """Waits for ``processes``; if one failed, stops ``others`` (still running) and exits."""
     codes = [p.wait() for p in processes]
     failed = [" ".join(p.args) for p, code in zip(processes, codes, strict=True) if code]
     if failed:
+        for process in others:
+            process.terminate()
+            process.wait()
         raise SystemExit(f"Benchmark process failed: {failed}")
 
 
-def run_benchmark(name: str, mode: str, output_dir: str, jobs: int = 1) -> float:
-    """Runs bench/<name>.py in child processes; returns the wall-clock seconds.
+# Rough relative cost of one (model, method) job of the full accuracy run, to start the long
+# ones first: staged UNIQ retraces its train function at every stage change.
+_MODEL_COST = {"resnet20": 3.0}
+_METHOD_COST = {"uniq": 4.0, "uniq_flat": 2.5, "kquantile_ste": 1.5, "cluster_density": 1.5,
+                "cluster_kmeans": 1.5, "uniform_qat": 1.0}
 
-    The accuracy benchmark of the full run is split by model over ``jobs`` parallel
-    processes: most of its time is single-threaded graph tracing, which a second process
-    overlaps. Timing benchmarks always run alone.
+
+def _pool(commands: list[list[str]], jobs: int) -> None:
+    """Runs the commands, at most ``jobs`` at a time, in the order given."""
+    waiting, running = list(commands), []
+    while waiting or running:
+        while waiting and len(running) < jobs:
+            running.append(_start(waiting.pop(0)))
+        time.sleep(1.0)
+        done = [p for p in running if p.poll() is not None]
+        running = [p for p in running if p not in done]
+        _wait(done, running)
+
+
+def _accuracy_in_parts(mode: str, output_dir: str, jobs: int) -> None:
+    """The accuracy run as one process per (model, method), ``jobs`` at a time, after the
+    float models are trained and saved (one process per model).
+
+    Separate processes keep memory flat: TensorFlow keeps every traced function of a process
+    alive (about 17 MB per trace of the small model's train function, after del,
+    clear_session and gc), and staged UNIQ retraces at every stage change. Most of the time
+    is single-threaded tracing, which a second process overlaps.
     """
-    start = time.perf_counter()
-    if name == "accuracy" and mode == "full" and jobs > 1:
-        from bench import accuracy
+    from bench import accuracy
 
-        names = list(accuracy.AccuracyConfig().models)
-        for first in range(0, len(names), jobs):
-            _wait([
-                _start(_command(name, mode, output_dir, f"--models={model}",
-                                f"--output_name=accuracy_{model}", "--json_only"))
-                for model in names[first:first + jobs]
-            ])
-        parts = [json.loads(Path(output_dir, f"accuracy_{m}.json").read_text(encoding="utf-8"))
-                 for m in names]
-        accuracy.write_outputs(accuracy.merge(parts), output_dir)
+    config = {"full": accuracy.AccuracyConfig, "quick": accuracy.quick_config,
+              "smoke": accuracy.smoke_config}[mode]()
+    parts_dir = os.path.join(output_dir, "accuracy_parts")
+    float_dir = f"--float_dir={os.path.join(parts_dir, 'float_models')}"
+    _pool([_command("accuracy", mode, parts_dir, f"--models={m}", "--float_only", float_dir,
+                    f"--output_name={m}_float", "--json_only")
+           for m in config.models], jobs)
+    parts = sorted(
+        ((m, method) for m in config.models for method in config.methods),
+        key=lambda p: -_MODEL_COST.get(p[0], 1.0) * _METHOD_COST.get(p[1], 0.5)
+        * len(config.seeds[p[0]]) * len(config.bits[p[0]]),
+    )
+    _pool([_command("accuracy", mode, parts_dir, f"--models={m}", f"--methods={method}",
+                    float_dir, f"--output_name={m}_{method}", "--json_only")
+           for m, method in parts], jobs)
+    results = [json.loads(Path(parts_dir, f"{m}_{method}.json").read_text(encoding="utf-8"))
+               for m, method in parts]
+    accuracy.write_outputs(accuracy.merge(results), output_dir)
+
+
+def run_benchmark(name: str, mode: str, output_dir: str, jobs: int = 1) -> float:
+    """Runs bench/<name>.py in child processes; returns the wall-clock seconds. The accuracy
+    run is split over processes (:func:`_accuracy_in_parts`); the timing benchmarks always run
+    alone."""
+    start = time.perf_counter()
+    if name == "accuracy":
+        _accuracy_in_parts(mode, output_dir, jobs)
     else:
         _wait([_start(_command(name, mode, output_dir))])
     return time.perf_counter() - start

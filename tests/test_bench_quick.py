@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import uniq_tf
 from uniq_tf._keras import keras
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -140,3 +141,16 @@ def test_targets_compare_uniq_with_the_best_peer():
     met = {t["target"]: t["met"] for t in accuracy.targets(results)}
     assert met == {"UNIQ W4A8 within 0.5 points of float": True,
                    "UNIQ W2A8 >= every peer": False}
+
+
+def test_uniform_ranges_are_set_before_activations_are_calibrated():
+    # Until its range is set, TFMOT's LastValueQuantizer quantizes to [-6, 6] at inference,
+    # which zeroes small kernels: calibrating activations through it would give tiny ranges.
+    float_model = _tiny_float_model()
+    x = np.random.default_rng(0).random((64, 6, 6, 2)).astype("float32")
+    relu_out = keras.Model(float_model.input, float_model.get_layer("relu").output)
+    float_max = float(relu_out(x).numpy().max())
+    model = accuracy.build("ptq_uniform", float_model, 4, 8, accuracy.AccuracyConfig())
+    accuracy._prepare("ptq_uniform", model, [x], accuracy.AccuracyConfig())
+    low, high = uniq_tf.get_activation_ranges(model)["relu"][:2]
+    assert low == 0.0 and high == pytest.approx(float_max, rel=0.2)
