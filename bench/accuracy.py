@@ -456,9 +456,10 @@ def targets(results: dict) -> list[dict]:
                 for e in summary if e["model"] == name}
         float_mean = rows[("float", 32, 32)]["mean"]
         if ("uniq", 4, 8) in rows:
-            gap = float_mean - rows[("uniq", 4, 8)]["mean"]
+            uniq_mean = rows[("uniq", 4, 8)]["mean"]
             out.append({"model": name, "target": "UNIQ W4A8 within 0.5 points of float",
-                        "measured": f"float - UNIQ = {gap:.2f} points", "met": gap <= 0.5})
+                        "measured": f"UNIQ {uniq_mean:.2f}, float {float_mean:.2f}",
+                        "met": float_mean - uniq_mean <= 0.5})
         for (method, wb, ab), entry in sorted(rows.items()):
             if method != "uniq" or wb not in (2, 3):
                 continue
