@@ -6,5 +6,5 @@
 - ``bench/train_speed.py``: train-step time of UNIQ and TFMOT 8-bit QAT relative to float.
 - ``bench/deploy.py``: TFLite and packed sizes, LiteRT latency of float vs int8.
 - ``bench/run_all.py``: all three, writing JSON, markdown tables, the plot and
-  ``docs/benchmarks.md`` (``make bench``; ``make bench-quick`` for a smoke run).
+  ``docs/benchmarks.md`` (``make bench``; ``make bench-quick`` for the quick run, which CI runs).
 """

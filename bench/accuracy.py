@@ -479,9 +479,7 @@ def targets(results: dict) -> list[dict]:
 
 def _parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    size = parser.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="1 seed, small_cnn, 2 configs")
-    size.add_argument("--smoke", action="store_true", help="the smallest run (CI test)")
+    parser.add_argument("--quick", action="store_true", help="1 seed, small_cnn, 2 configs")
     parser.add_argument("--output_dir", default="outputs/bench")
     parser.add_argument("--output_name", default="accuracy", help="<name>.json, <name>.md")
     parser.add_argument("--json_only", action="store_true",
@@ -511,7 +509,7 @@ def _parse_args(argv):
 
 
 def config_from_args(args) -> AccuracyConfig:
-    config = smoke_config() if args.smoke else quick_config() if args.quick else AccuracyConfig()
+    config = quick_config() if args.quick else AccuracyConfig()
     if args.models:
         config.models = tuple(args.models.split(","))
         # A model the chosen preset does not list takes the preset's first model's settings.
@@ -548,19 +546,13 @@ def config_from_args(args) -> AccuracyConfig:
 
 
 def quick_config() -> AccuracyConfig:
-    """The smoke run: small_cnn, 1 seed, W2A8 and W4A8, short training."""
+    """The quick run (make bench-quick, and CI's benchmark test): small_cnn, 1 seed, W2A8 and
+    W4A8, short training."""
     return AccuracyConfig(
         models=("small_cnn",), seeds={"small_cnn": (0,)}, bits={"small_cnn": ((2, 8), (4, 8))},
         schedules={"small_cnn": Schedule(2, 1, 1)}, float_epochs=5,
     )
 
-
-def smoke_config() -> AccuracyConfig:
-    """Every method once: small_cnn, 1 seed, W4A8, 1 epoch of 5 steps."""
-    return AccuracyConfig(
-        models=("small_cnn",), seeds={"small_cnn": (0,)}, bits={"small_cnn": ((4, 8),)},
-        schedules={"small_cnn": Schedule(1, 1, 0)}, float_epochs=2, max_steps_per_epoch=5,
-    )
 
 
 def merge(parts: Sequence[dict]) -> dict:

@@ -249,21 +249,12 @@ def quick_config() -> DeployConfig:
     )
 
 
-def smoke_config() -> DeployConfig:
-    return DeployConfig(
-        models=(DeployModel("small_cnn (digits demo, 8x8x1)", "small_cnn", None, 2, 1, 1, 0),),
-        size_only=(), rounds=2, calls_per_round=5, warmup_calls=2,
-    )
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    size = parser.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true")
-    size.add_argument("--smoke", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="the quick run (CI's test)")
     parser.add_argument("--output_dir", default="outputs/bench")
     args = parser.parse_args(argv)
-    config = smoke_config() if args.smoke else quick_config() if args.quick else DeployConfig()
+    config = quick_config() if args.quick else DeployConfig()
     out = Path(args.output_dir)
     results = run(config, str(out / "deploy"))
     common.write_json(str(out / "deploy.json"), results)

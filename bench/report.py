@@ -164,7 +164,7 @@ def render(results: dict, run_info: dict, image_dir: str = "img") -> str:
     parts += [
         "## Reproducing\n",
         "```\nmake bench          # the full run: writes outputs/bench/ and this page\n"
-        "make bench-quick    # a smoke run (< 5 min), outputs/bench/ only\n"
+        "make bench-quick    # the quick run (< 5 min; CI runs it), outputs/bench/ only\n"
         ".venv/bin/python bench/accuracy.py --models=small_cnn --bits=2:8 --seeds=5 "
         "--per_channel   # one slice\n```\n",
     ]

@@ -1,8 +1,7 @@
 """Runs the three benchmarks and writes their results and docs/benchmarks.md.
 
     .venv/bin/python bench/run_all.py            # make bench: the full run (~35 min on 2 cores)
-    .venv/bin/python bench/run_all.py --quick    # make bench-quick: a smoke run (< 5 min)
-    .venv/bin/python bench/run_all.py --smoke --output_dir=/tmp/b   # the CI test's run
+    .venv/bin/python bench/run_all.py --quick    # make bench-quick: < 5 min; CI's test runs it
 
 Each benchmark runs in child processes (bench/accuracy.py, bench/train_speed.py,
 bench/deploy.py), so that one's memory and traced graphs do not slow the next one's timings;
@@ -12,7 +11,7 @@ float models trained once and saved under accuracy_parts/. Outputs in ``--output
 table (.md), the accuracy-vs-BOPs plots (PNG), run.json (machine, command, durations) and
 benchmarks.md; ``--render_only`` rewrites benchmarks.md from them. The full run also writes
 ``docs/benchmarks.md`` and its plots in ``docs/img/`` (``--docs_dir`` changes or, with
-``--docs_dir=""``, skips that); quick and smoke runs never touch docs/ unless given
+``--docs_dir=""``, skips that); quick runs never touch docs/ unless given
 ``--docs_dir``.
 """
 
@@ -38,13 +37,12 @@ BENCHMARKS = ("accuracy", "train_speed", "deploy")
 
 def _parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    size = parser.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="smoke run under 5 minutes")
-    size.add_argument("--smoke", action="store_true", help="the smallest run (CI test)")
+    parser.add_argument("--quick", action="store_true",
+                        help="the quick run, under 5 minutes (CI runs it as a test)")
     parser.add_argument("--output_dir", default=str(ROOT / "outputs" / "bench"))
     parser.add_argument("--docs_dir", default=None,
                         help="where benchmarks.md and img/ go (default: docs/ for the full "
-                             "run, nowhere for --quick/--smoke); empty string: nowhere")
+                             "run, nowhere for --quick); empty string: nowhere")
     parser.add_argument("--jobs", type=int, default=2,
                         help="parallel processes for the accuracy benchmark")
     parser.add_argument("--render_only", action="store_true",
@@ -56,7 +54,7 @@ def _parse_args(argv):
 
 
 def _mode(args) -> str:
-    return "smoke" if args.smoke else "quick" if args.quick else "full"
+    return "quick" if args.quick else "full"
 
 
 def _command(name: str, mode: str, output_dir: str, *extra: str) -> list[str]:
@@ -111,8 +109,7 @@ def _accuracy_in_parts(mode: str, output_dir: str, jobs: int) -> None:
     """
     from bench import accuracy
 
-    config = {"full": accuracy.AccuracyConfig, "quick": accuracy.quick_config,
-              "smoke": accuracy.smoke_config}[mode]()
+    config = {"full": accuracy.AccuracyConfig, "quick": accuracy.quick_config}[mode]()
     parts_dir = os.path.join(output_dir, "accuracy_parts")
     float_dir = f"--float_dir={os.path.join(parts_dir, 'float_models')}"
     _pool([_command("accuracy", mode, parts_dir, f"--models={m}", "--float_only", float_dir,
@@ -181,8 +178,7 @@ def _run(args, mode: str, only: list[str], output_dir: str) -> dict:
     seconds = {name: round(run_benchmark(name, mode, output_dir, args.jobs), 1) for name in only}
     run_info = {
         "mode": mode,
-        "command": {"full": "make bench", "quick": "make bench-quick",
-                    "smoke": ".venv/bin/python bench/run_all.py --smoke"}[mode],
+        "command": {"full": "make bench", "quick": "make bench-quick"}[mode],
         "seconds": seconds,
         "total_seconds": round(time.perf_counter() - started, 1),
         "machine": common.machine(),

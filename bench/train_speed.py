@@ -213,24 +213,15 @@ def quick_config() -> SpeedConfig:
                        variants=("float", "uniq", "tfmot_qat"))
 
 
-def smoke_config() -> SpeedConfig:
-    """The scripts' plumbing on the small digits model (ResNet-20's tracing alone takes
-    longer than the CI budget)."""
-    return SpeedConfig(model="small_cnn", input_shape=(8, 8, 1), batch_size=16, rounds=2,
-                       calls_per_round=2, warmup_calls=1, variants=("float", "uniq", "tfmot_qat"))
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    size = parser.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true")
-    size.add_argument("--smoke", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="the quick run (CI's test)")
     parser.add_argument("--output_dir", default="outputs/bench")
     parser.add_argument("--batch_size", type=int, default=None)
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--profile", action="store_true", help="every variant (VARIANTS)")
     args = parser.parse_args(argv)
-    config = smoke_config() if args.smoke else quick_config() if args.quick else SpeedConfig()
+    config = quick_config() if args.quick else SpeedConfig()
     if args.batch_size:
         config.batch_size = args.batch_size
     if args.rounds:
