@@ -189,6 +189,77 @@ def test_noisy_mode_draws_fresh_noise_in_training_and_codebook_at_inference():
     assert len(np.unique(inference)) <= 8
 
 
+def _activation_quantizers(bits, mode):
+    """uniq_tf's switchable activation quantizer (in ``mode``) and TFMOT's MovingAverage-
+    Quantizer, each built on its own holder layer with the same initial range."""
+    import tensorflow_model_optimization as tfmot
+
+    ours = uniq_tf.SwitchableActivationQuantizer(bits, initial_mode=int(mode))
+    tfmot_q = tfmot.quantization.keras.quantizers.MovingAverageQuantizer(
+        num_bits=bits, per_axis=False, symmetric=False, narrow_range=False)
+    built = []
+    for quantizer in (ours, tfmot_q):
+        holder = keras.layers.Layer()
+        variables = quantizer.build((None, 6, 6, 4), "act", holder)
+        variables["min_var"].assign(-0.5)
+        variables["max_var"].assign(1.0)
+        built.append((quantizer, variables))
+    return built
+
+
+def _steps(quantizer, variables, inputs, training):
+    """Outputs, input gradients and (min, max) after each of ``len(inputs)`` calls."""
+
+    @tf.function
+    def step(x, upstream):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            out = quantizer(x, training, variables)
+            loss = tf.reduce_sum(out * upstream)
+        return out, tape.gradient(loss, x)
+
+    results = []
+    for i, x in enumerate(inputs):
+        upstream = tf.constant(np.random.default_rng(100 + i).normal(size=x.shape), tf.float32)
+        out, grad = step(tf.constant(x), upstream)
+        results.append((out.numpy(), grad.numpy(), variables["min_var"].numpy(),
+                        variables["max_var"].numpy()))
+    return results
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("training", [True, False])
+def test_quantized_activations_are_bit_identical_to_tfmot_moving_average_quantizer(
+        bits, training):
+    (ours, our_vars), (theirs, their_vars) = _activation_quantizers(bits, uniq_tf.ActMode.QUANTIZED)
+    rng = np.random.default_rng(7)
+    inputs = [(rng.normal(size=(3, 6, 6, 4)) * (1 + i)).astype("f4") for i in range(4)]
+    mine = _steps(ours, our_vars, inputs, training)
+    tfmot_results = _steps(theirs, their_vars, inputs, training)
+    for (out, grad, lo, hi), (t_out, t_grad, t_lo, t_hi) in zip(mine, tfmot_results, strict=True):
+        np.testing.assert_array_equal(out, t_out)
+        np.testing.assert_array_equal(grad, t_grad)
+        assert (lo, hi) == (t_lo, t_hi)
+        assert len(np.unique(out)) <= 2 ** bits
+    moved = mine[-1][2:] != (-0.5, 1.0)
+    assert moved == training  # the EMA range moves in training only
+
+
+def test_float_activations_pass_through_and_keep_tracking_the_range_in_training():
+    (ours, our_vars), (theirs, their_vars) = _activation_quantizers(8, uniq_tf.ActMode.FLOAT)
+    rng = np.random.default_rng(8)
+    inputs = [(rng.normal(size=(3, 6, 6, 4)) * 3).astype("f4") for _ in range(3)]
+    mine = _steps(ours, our_vars, inputs, True)
+    tfmot_results = _steps(theirs, their_vars, inputs, True)
+    for x, (out, _, lo, hi), (_, _, t_lo, t_hi) in zip(inputs, mine, tfmot_results,
+                                                     strict=True):
+        np.testing.assert_array_equal(out, x)
+        assert (lo, hi) == (t_lo, t_hi)  # the same range TFMOT's quantizer would have learnt
+    # The input gradient is the upstream gradient itself (no clipping in FLOAT mode).
+    upstream = np.random.default_rng(100).normal(size=inputs[0].shape).astype("f4")
+    np.testing.assert_array_equal(mine[0][1], upstream)
+
+
 def test_switching_mode_changes_forward_pass_without_retracing():
     q = uniq_tf.quantize_model(small_cnn(), weight_bits=2)
     uniq_tf.set_weight_mode(q, Mode.FLOAT)
