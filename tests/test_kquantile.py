@@ -71,6 +71,44 @@ def test_noisy_weight_stays_within_half_a_bin(w, bits, high):
 
 
 @FAST
+@given(w=arrays(np.float32, st.integers(1, 300), elements=st.sampled_from(
+    [-2.0, -0.5, 0.0, 0.0, 0.25, 1.0, 3.0])) | arrays(np.float32, st.integers(1, 300),
+    # TensorFlow's CPU kernels flush subnormals to zero, which makes 1e-45 a tie of 0.
+    elements=st.floats(-10, 10, allow_subnormal=False, width=32)))
+def test_ranked_u_is_the_mid_rank_for_distinct_weights_and_inside_the_ties_span(w):
+    rows = tf.constant(w[None, :])
+    stats, u = kquantile.ranked(rows)
+    u = u.numpy()[0]
+    n = len(w)
+    np.testing.assert_array_equal(stats.sorted_rows.numpy()[0], np.sort(w))
+    # Each rank once: the u of a row are exactly (0.5, 1.5, ..., n - 0.5) / n.
+    np.testing.assert_allclose(np.sort(u), (np.arange(n) + 0.5) / n, rtol=0, atol=1e-6)
+    left = np.searchsorted(np.sort(w), w, side="left") / n
+    right = np.searchsorted(np.sort(w), w, side="right") / n
+    assert np.all((u >= left - 1e-6) & (u <= right + 1e-6))
+    distinct = np.unique(w, return_counts=True)[1][np.searchsorted(np.unique(w), w)] == 1
+    mid = kquantile.uniformize(rows, kquantile.fit(rows, "empirical")).numpy()[0]
+    np.testing.assert_allclose(u[distinct], mid[distinct], rtol=0, atol=1e-6)
+
+
+@FAST
+@given(w=arrays(np.float32, st.integers(8, 300), elements=st.floats(-3, 3, width=32)),
+       bits=bits_st, high=st.booleans())
+def test_empirical_noisy_weight_stays_within_half_a_bin(w, bits, high):
+    scale = 2.0 if high else 1.0
+    rows = tf.constant(w[None, :])
+    stats, u = kquantile.ranked(rows)
+    half = scale / (2 * 2**bits)
+    clip = (kquantile.U_CLIP, 1 - kquantile.U_CLIP)
+    lower = kquantile.inverse(tf.clip_by_value(u - half, *clip), stats).numpy()
+    upper = kquantile.inverse(tf.clip_by_value(u + half, *clip), stats).numpy()
+    for _ in range(3):
+        w_hat = kquantile.noisy_rows(rows, bits, "empirical", noise_scale=scale).numpy()
+        assert np.all((w_hat >= lower - 1e-6) & (w_hat <= upper + 1e-6))
+        assert np.all((w_hat >= w.min()) & (w_hat <= w.max()))
+
+
+@FAST
 @given(w=weights_st, bits=bits_st, distribution=distribution_st)
 def test_bin_index_is_monotone_in_the_weight(w, bits, distribution):
     _, indices = kquantile.codebook(w, bits, distribution=distribution)

@@ -164,13 +164,37 @@ def _replica_seed() -> tf.Tensor:
     return base + tf.stack([tf.cast(replica, tf.int64), tf.constant(0, tf.int64)])
 
 
+def ranked(rows: tf.Tensor) -> tuple[RowStats, tf.Tensor]:
+    """The empirical fit and u = (rank + 0.5) / N of each weight, from one argsort.
+
+    For distinct weights u is exactly :func:`uniformize`'s mid-rank. Tied weights get
+    consecutive ranks (in index order) instead of their shared mid-rank, so u stays inside
+    the ties' span [left / N, right / N] and each row's u is exactly uniform. The noisy path
+    uses this: two ``tf.searchsorted`` passes over every weight cost about 3x the argsort,
+    and ties only need to land in their span there. The hard codebook keeps mid-ranks, so
+    equal weights always share a level.
+    """
+    rows = tf.stop_gradient(rows)
+    order = tf.argsort(rows, axis=1, stable=True)
+    shape = tf.shape(rows)
+    row_ids = tf.broadcast_to(tf.range(shape[0])[:, tf.newaxis], shape)
+    positions = tf.broadcast_to(tf.range(shape[1])[tf.newaxis, :], shape)
+    ranks = tf.scatter_nd(tf.stack([row_ids, order], axis=-1), positions, shape)
+    n = tf.cast(shape[1], rows.dtype)
+    u = (tf.cast(ranks, rows.dtype) + 0.5) / n
+    return RowStats(EMPIRICAL, sorted_rows=tf.gather(rows, order, batch_dims=1)), u
+
+
 def noisy_rows(
     rows: tf.Tensor, bits: int, distribution: str = GAUSSIAN, noise_scale: float = 1.0
 ) -> tf.Tensor:
     """UNIQ's noisy weights: w_hat = F^-1(clip(u + e, 1e-5, 1 - 1e-5)), e ~ U[+-s/(2k)]."""
-    stats = fit(rows, distribution)
     half_width = noise_scale / (2.0 * 2**bits)
-    u = uniformize(rows, stats)
+    if distribution == EMPIRICAL:
+        stats, u = ranked(rows)
+    else:
+        stats = fit(rows, distribution)
+        u = uniformize(rows, stats)
     e = tf.random.stateless_uniform(
         tf.shape(rows), _replica_seed(), -half_width, half_width, dtype=rows.dtype
     )
