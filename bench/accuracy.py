@@ -554,7 +554,6 @@ def quick_config() -> AccuracyConfig:
     )
 
 
-
 def merge(parts: Sequence[dict]) -> dict:
     """One result from parts of one configuration run separately (run_all runs each model's
     methods in their own processes): runs concatenated, floats by (model, seed), the methods

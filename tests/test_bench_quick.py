@@ -43,7 +43,8 @@ def test_run_all_quick_writes_well_formed_results(tmp_path):
     assert set(methods) == set(accuracy.DEFAULT_METHODS)
     config = accuracy.quick_config()
     (pairs,) = config.bits.values()
-    assert len(acc["runs"]) == len(methods) * len(pairs)  # 1 model, 1 seed
+    (seeds,) = config.seeds.values()
+    assert len(acc["runs"]) == len(methods) * len(pairs) * len(seeds)
     assert all(0.0 <= r["accuracy"] <= 1.0 for r in acc["runs"])
     assert {r["method"] for r in acc["runs"]} == set(methods)
     fine_tuned = [r for r in acc["runs"] if r["method"] in accuracy.FINE_TUNED]
