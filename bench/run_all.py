@@ -1,6 +1,6 @@
 """Runs the three benchmarks and writes their results and docs/benchmarks.md.
 
-    .venv/bin/python bench/run_all.py            # make bench: the full run (~35 min on 2 cores)
+    .venv/bin/python bench/run_all.py            # make bench: the full run (~1 h, 2 cores)
     .venv/bin/python bench/run_all.py --quick    # make bench-quick: < 5 min; CI's test runs it
 
 Each benchmark runs in child processes (bench/accuracy.py, bench/train_speed.py,
