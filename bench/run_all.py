@@ -123,8 +123,9 @@ def _accuracy_in_parts(mode: str, output_dir: str, jobs: int) -> None:
     _pool([_command("accuracy", mode, parts_dir, f"--models={m}", f"--methods={method}",
                     float_dir, f"--output_name={m}_{method}", "--json_only")
            for m, method in parts], jobs)
+    # Merged in the configuration's order (the pool ran the dearest parts first).
     results = [json.loads(Path(parts_dir, f"{m}_{method}.json").read_text(encoding="utf-8"))
-               for m, method in parts]
+               for m in config.models for method in config.methods]
     accuracy.write_outputs(accuracy.merge(results), output_dir)
 
 
