@@ -144,15 +144,8 @@ def write_text(path: str, text: str) -> str:
 
 
 def write_json(path: str, obj) -> str:
-    return write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
-
-
-def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+    """Writes ``obj`` as JSON atomically (numpy values as numbers), creating the folder."""
+    return write_text(path, json.dumps(obj, indent=2, default=atomic.json_default) + "\n")
 
 
 def si(value: float, unit: str = "") -> str:

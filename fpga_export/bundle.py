@@ -6,8 +6,6 @@ import json
 import math
 from importlib.metadata import PackageNotFoundError, version
 
-import numpy as np
-
 import uniq_tf
 from fpga_export import costs, folding
 from fpga_export.actquant import QuantParams
@@ -329,12 +327,3 @@ FINN's estimator prices at 0 LUT, so that total is a lower bound. A model with a
 (target_fps 20,000, B = 11) mapped the depthwise layer to a VVAU (7,117 LUT / 0 BRAM_18K).
 
 (The Pynq-Z1's XC7Z020 has 53,200 LUTs and 280 BRAM_18K.)"""
-
-
-def to_builtin(value):
-    """JSON-ready copies of numpy scalars/arrays."""
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"not JSON serializable: {type(value).__name__}")

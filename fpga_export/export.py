@@ -35,6 +35,7 @@ from qonnx.util.inference_cost import inference_cost
 
 import uniq_tf
 from fpga_export import actquant, bundle, costs, folding, grid, onnx_graph
+from uniq_tf import atomic
 from uniq_tf._keras import require_keras2_model
 from uniq_tf.quantize import flatten_layers
 from uniq_tf.quantizers import ActMode
@@ -310,7 +311,8 @@ def export_finn(
             "specialize_layers_config.json": bundle.specialize_config(),
         }
         for name, content in files.items():
-            (tmp / name).write_text(json.dumps(content, indent=2, default=bundle.to_builtin) + "\n")
+            text = json.dumps(content, indent=2, default=atomic.json_default)
+            (tmp / name).write_text(text + "\n")
         (tmp / "README.md").write_text(bundle.readme(descriptor, build_config))
         shutil.copyfile(Path(__file__).with_name("finn_steps.py"),
                         tmp / f"{bundle.STEPS_MODULE}.py")

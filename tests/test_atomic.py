@@ -3,6 +3,7 @@
 import json
 import os
 
+import numpy as np
 import pytest
 
 from uniq_tf import atomic
@@ -17,6 +18,17 @@ def test_writes_replace_the_file_and_leave_nothing_else(tmp_path):
     atomic.write_bytes(tmp_path / "b.bin", b"\x00\x01")
     assert (tmp_path / "b.bin").read_bytes() == b"\x00\x01"
     assert sorted(os.listdir(tmp_path)) == ["b.bin", "out.json"]
+
+
+def test_json_default_writes_numpy_values_and_rejects_other_objects(tmp_path):
+    path = tmp_path / "n.json"
+    obj = {"i": np.int64(3), "f": np.float32(0.5), "a": np.arange(3, dtype=np.int32)}
+    atomic.write_json(path, obj, default=atomic.json_default)
+    assert json.loads(path.read_text()) == {"i": 3, "f": 0.5, "a": [0, 1, 2]}
+    path.write_text("good")
+    with pytest.raises(TypeError, match="not JSON serializable: object"):
+        atomic.write_json(path, {"x": object()}, default=atomic.json_default)
+    assert path.read_text() == "good"
 
 
 def test_a_failed_write_keeps_the_old_file(tmp_path):

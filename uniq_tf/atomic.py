@@ -16,6 +16,8 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
+
 # ".<name>.<pid>-<8 hex>.tmp<extension of name>", the names atomic_path hands out.
 TEMP_NAME = re.compile(r"\..+\.\d+-[0-9a-f]{8}\.tmp(\.[A-Za-z0-9]+)?")
 
@@ -50,7 +52,17 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     write_bytes(path, text.encode("utf-8"))
 
 
+def json_default(value):
+    """``json.dumps(..., default=json_default)``: numpy scalars and arrays as Python numbers and
+    lists; anything else is still a TypeError."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
 def write_json(path: str | os.PathLike, obj, **dumps_kwargs) -> None:
     """Writes ``obj`` as indented JSON plus a final newline to ``path`` atomically;
-    ``dumps_kwargs`` go to :func:`json.dumps` (e.g. ``default=``)."""
+    ``dumps_kwargs`` go to :func:`json.dumps` (e.g. ``default=json_default``)."""
     write_text(path, json.dumps(obj, indent=2, **dumps_kwargs) + "\n")
