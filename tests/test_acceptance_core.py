@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # examples/ is a folder of scripts, not an installed package
 sys.path.insert(0, str(ROOT / "tests"))
 
-from test_quantize import batch, nested_model, small_cnn  # noqa: E402
+from test_quantize import batch, nested_model, save_and_load, small_cnn  # noqa: E402
 
 L = keras.layers
 
@@ -87,10 +87,7 @@ def test_nested_model_save_and_load_is_bit_identical(tmp_path, fmt):
     uniq_tf.set_weight_mode(q, Mode.FLOAT, layers=["dw"])
     x = batch(8, 2)
     expected = q(x, training=False).numpy()
-    path = str(tmp_path / ("m.h5" if fmt == "h5" else "m_savedmodel"))
-    q.save(path, save_format=fmt)
-    with uniq_tf.quantize_scope():
-        loaded = keras.models.load_model(path)
+    loaded = save_and_load(q, tmp_path, fmt)
     np.testing.assert_array_equal(loaded(x, training=False).numpy(), expected)
     assert uniq_tf.weight_modes(loaded) == uniq_tf.weight_modes(q)
     assert uniq_tf.weight_modes(loaded)["dw"] == Mode.FLOAT
@@ -117,10 +114,7 @@ def test_separable_conv_save_and_load_is_bit_identical(tmp_path, fmt):
     q = uniq_tf.quantize_model(separable_model(), weight_bits=2)
     x = batch(4, 3)
     expected = q(x, training=False).numpy()
-    path = str(tmp_path / ("m.h5" if fmt == "h5" else "m_savedmodel"))
-    q.save(path, save_format=fmt)
-    with uniq_tf.quantize_scope():
-        loaded = keras.models.load_model(path)
+    loaded = save_and_load(q, tmp_path, fmt)
     np.testing.assert_array_equal(loaded(x, training=False).numpy(), expected)
     assert sorted(uniq_tf.get_codebooks(loaded)) == ["fc", "sep/depthwise_kernel",
                                                       "sep/pointwise_kernel"]
