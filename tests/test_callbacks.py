@@ -401,3 +401,50 @@ def test_bad_plans_raise(stages, message):
 def test_unquantized_model_is_rejected():
     with pytest.raises(ValueError, match="quantize_model first"):
         GradualQuantization().plan(float_model())
+
+
+def test_first_stage_length_and_polish_epochs_follow_the_formula():
+    model = uniq_tf.quantize_model(float_model())
+    gq = GradualQuantization("layer", warmup_epochs=1, epochs_per_stage=3, final_epochs=1,
+                             first_stage_epochs=5, polish_epochs=1)
+    # Written out by hand: warm-up, stage 0 for 5 epochs, stages 1-3 for 3 each, final.
+    stages = [-1] + [0] * 5 + [1] * 3 + [2] * 3 + [3] * 3 + [4]
+    polish = [False] + [False] * 4 + [True] + ([False] * 2 + [True]) * 3 + [False]
+    assert gq.total_epochs(model) == len(stages)
+    assert [gq.stage_at(e) for e in range(len(stages))] == stages
+    assert [gq.polishing_at(e) for e in range(len(stages))] == polish
+
+
+def test_polish_epochs_train_the_stage_hard_and_unfrozen(train_data):
+    x, y = train_data
+    model = quantized_model()
+
+    class Probe(keras.callbacks.Callback):
+        modes, kernels = [], []
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.modes.append(uniq_tf.weight_modes(self.model)["conv1"])
+            self.kernels.append(float_kernel(kernel_wrappers(self.model)[0]).numpy().copy())
+
+    probe = Probe()
+    gq = GradualQuantization([["conv1"], ["conv2", "fc1", "fc2"]], epochs_per_stage=2,
+                             polish_epochs=1, verbose=0)
+    model.fit(x, y, batch_size=BATCH, epochs=4, verbose=0, callbacks=[gq, probe])
+    assert probe.modes == [Mode.NOISY, Mode.QUANTIZED, Mode.QUANTIZED, Mode.QUANTIZED]
+    # Polishing trains conv1 (epoch 1 changes it); once its stage ends it is frozen.
+    assert not np.array_equal(probe.kernels[1], probe.kernels[2])
+    assert np.array_equal(probe.kernels[2], probe.kernels[3])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"epochs_per_stage": 2, "polish_epochs": 2}, "polish_epochs"),
+        ({"epochs_per_stage": 3, "first_stage_epochs": 1, "polish_epochs": 1}, "polish_epochs"),
+        ({"first_stage_epochs": 0}, "first_stage_epochs"),
+        ({"polish_epochs": -1}, "polish_epochs"),
+    ],
+)
+def test_bad_schedule_options_raise(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        GradualQuantization(**kwargs)

@@ -1,6 +1,7 @@
-"""Property tests of the k-quantile math (shared/uniq-method.md sections 1-2)."""
+"""Property tests of the k-quantile math (docs/method.md sections 1-2 and 9)."""
 
 import numpy as np
+import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
@@ -165,3 +166,51 @@ def test_constant_tensor_does_not_divide_by_zero():
 def test_sixteen_bits_has_65536_levels():
     levels, _ = kquantile.codebook(np.random.default_rng(0).normal(size=1000).astype("f4"), 16)
     assert levels.shape == (65536,) and np.all(np.diff(levels) >= 0)
+
+
+def _noise_statistics(noise: str, bits: int, n: int = 400_000):
+    """Standard normal weights: (noisy std, noisy MSE to w, hard std, hard MSE, noisy, hard, w)."""
+    w = tf.random.stateless_normal([1, n], seed=[bits, 7], dtype=tf.float64)
+    tf.random.set_seed(bits)
+    hard = kquantile.quantize(w, bits).numpy()
+    noisy = kquantile.add_noise(w, bits, noise=noise).numpy()
+    w = w.numpy()
+    return (noisy.std(), np.mean((noisy - w) ** 2), hard.std(), np.mean((hard - w) ** 2),
+            noisy, hard, w)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_paper_noise_is_three_times_the_quantizers_error_and_overshoots(bits):
+    std, mse, hard_std, hard_mse, noisy, _, _ = _noise_statistics(kquantile.PAPER, bits)
+    # docs/method.md section 9: 0.47 vs 0.147 at 2 bits; the noisy tensor is wider than w.
+    assert 2.8 < mse / hard_mse < 3.5
+    assert std > 1.05 > hard_std
+    outer = kquantile.standard_levels(bits)[-1]
+    assert np.mean(np.abs(noisy) > outer) == pytest.approx(1 / 2**bits, rel=0.1)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_clipped_noise_matches_the_quantizers_error_and_stays_inside_the_codebook(bits):
+    std, mse, hard_std, hard_mse, noisy, hard, _ = _noise_statistics(kquantile.CLIPPED, bits)
+    assert mse == pytest.approx(hard_mse, rel=0.03)
+    assert 0.9 * hard_std < std <= hard_std
+    assert np.abs(noisy).max() <= np.abs(hard).max() + 1e-9
+    assert np.mean((noisy - hard) ** 2) < 0.6 * hard_mse
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_bin_matched_noise_matches_the_quantizers_error_in_every_bin(bits):
+    std, mse, hard_std, hard_mse, noisy, hard, w = _noise_statistics(kquantile.BIN_MATCHED, bits)
+    assert mse == pytest.approx(hard_mse, rel=0.03)
+    for level in np.unique(hard):
+        in_bin = hard == level
+        assert np.mean((noisy[in_bin] - w[in_bin]) ** 2) == pytest.approx(
+            np.mean((hard[in_bin] - w[in_bin]) ** 2), rel=0.08
+        )
+    # Wider than the codebook (the noise is additive), narrower than independent noise would be.
+    assert hard_std + 0.02 < std < np.sqrt(1.0 + hard_mse)
+
+
+def test_unknown_noise_model_is_rejected_by_name():
+    with pytest.raises(ValueError, match="noise must be one of"):
+        kquantile.add_noise(tf.ones([4, 4]), 2, noise="gaussian")

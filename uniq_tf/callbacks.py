@@ -1,10 +1,11 @@
-"""UNIQ's gradual (stage-wise) quantization as a Keras callback (shared/uniq-method.md section 3).
+"""UNIQ's gradual (stage-wise) quantization as a Keras callback (docs/method.md section 3).
 
-The quantized kernel layers, in forward order, are split into stages. With ``w`` warm-up epochs
-and ``e`` epochs per stage, epoch ``t`` is in stage
+The quantized kernel layers, in forward order, are split into stages. With ``w`` warm-up epochs,
+``e1`` epochs in the first stage and ``e`` in each later one, epoch ``t`` is in stage
 
     s(t) = -1                      if t < w            (warm-up: everything float)
-           (t - w) // e            if that is < n      (stage s trains with noise)
+           0                       if t - w < e1
+           1 + (t - w - e1) // e   if that is < n      (stage s trains with noise)
            n                       otherwise           (all quantized, final fine-tuning)
 
 and at stage s a layer of stage i is
@@ -12,6 +13,11 @@ and at stage s a layer of stage i is
     i < s:   weights QUANTIZED (codebook) and frozen; activations QUANTIZED
     i == s:  weights NOISY (trained with UNIQ noise);  activations QUANTIZED
     i > s:   weights FLOAT (trained);                  activations FLOAT
+
+``polish_epochs = p > 0`` is a departure from the paper (docs/method.md section 10): in the last
+p epochs of each stage its layers are QUANTIZED (hard codebook, straight-through gradient)
+instead of NOISY, so each layer is trained against the weights it keeps before it freezes.
+``p = 0`` (the default) is the paper's schedule.
 
 An activation quantizer belongs to the stage of its ``config.owner`` kernel layer (owner None:
 quantized from stage 0 on). Stage is a pure function of the epoch, applied in every
@@ -98,6 +104,11 @@ class GradualQuantization(keras.callbacks.Callback):
             stage, otherwise ``plan`` raises: a layer left out would stay float for good).
         warmup_epochs: float epochs before stage 0.
         epochs_per_stage: epochs spent in each stage (>= 1).
+        first_stage_epochs: epochs of the first stage (None: ``epochs_per_stage``); the
+            reference code trains its first stage longer.
+        polish_epochs: the last epochs of each stage trained with the hard codebook and a
+            straight-through gradient instead of the noise (0: the paper; see the module doc);
+            less than every stage's length.
         final_epochs: epochs after the last stage, everything quantized and frozen, biases and
             batch norm fine-tuned.
         verbose: 1 prints a line at each stage change; 0 is silent.
@@ -116,11 +127,25 @@ class GradualQuantization(keras.callbacks.Callback):
         final_epochs: int = 0,
         verbose: int = 1,
         log_dir: str | os.PathLike | None = None,
+        first_stage_epochs: int | None = None,
+        polish_epochs: int = 0,
     ):
         super().__init__()
         self.stages = _check_stages(stages)
         self.warmup_epochs = _check_count(warmup_epochs, "warmup_epochs", 0)
         self.epochs_per_stage = _check_count(epochs_per_stage, "epochs_per_stage", 1)
+        self.first_stage_epochs = (
+            self.epochs_per_stage if first_stage_epochs is None
+            else _check_count(first_stage_epochs, "first_stage_epochs", 1)
+        )
+        self.polish_epochs = _check_count(polish_epochs, "polish_epochs", 0)
+        shortest = min(self.epochs_per_stage, self.first_stage_epochs)
+        if self.polish_epochs >= shortest:
+            raise ValueError(
+                f"polish_epochs ({self.polish_epochs}) must be less than every stage's length "
+                f"(epochs_per_stage {self.epochs_per_stage}, first_stage_epochs "
+                f"{self.first_stage_epochs}), so that each stage has noisy epochs"
+            )
         self.final_epochs = _check_count(final_epochs, "final_epochs", 0)
         self.verbose = int(verbose)
         self.log_dir = None if log_dir is None else os.fspath(log_dir)
@@ -194,12 +219,17 @@ class GradualQuantization(keras.callbacks.Callback):
         return [list(stage) for stage in stages]
 
     def total_epochs(self, model) -> int:
-        """warmup_epochs + n_stages * epochs_per_stage + final_epochs."""
+        """warmup + first_stage_epochs + (n_stages - 1) * epochs_per_stage + final_epochs."""
         n = len(self.plan(model))
-        return self.warmup_epochs + n * self.epochs_per_stage + self.final_epochs
+        return (self.warmup_epochs + self.first_stage_epochs
+                + (n - 1) * self.epochs_per_stage + self.final_epochs)
 
     def stage_at(self, epoch: int) -> int:
         """-1 in warm-up, s in 0..n-1 during stage s, n after the last stage (0-based epochs)."""
+        return self._stage_position(epoch)[0]
+
+    def _stage_position(self, epoch: int) -> tuple[int, int]:
+        """(stage, epochs left in it after this one); the second is 0 outside stages."""
         if self._n_stages is None:
             raise RuntimeError(
                 'With stages="layer" the number of stages depends on the model: call '
@@ -207,8 +237,19 @@ class GradualQuantization(keras.callbacks.Callback):
             )
         epoch = _check_count(epoch, "epoch", 0)
         if epoch < self.warmup_epochs:
-            return -1
-        return min((epoch - self.warmup_epochs) // self.epochs_per_stage, self._n_stages)
+            return -1, 0
+        t = epoch - self.warmup_epochs
+        if t < self.first_stage_epochs:
+            return 0, self.first_stage_epochs - 1 - t
+        stage, offset = divmod(t - self.first_stage_epochs, self.epochs_per_stage)
+        if stage + 1 >= self._n_stages:
+            return self._n_stages, 0
+        return stage + 1, self.epochs_per_stage - 1 - offset
+
+    def polishing_at(self, epoch: int) -> bool:
+        """True when ``epoch`` is one of a stage's last ``polish_epochs`` (hard, not noisy)."""
+        stage, left = self._stage_position(epoch)
+        return 0 <= stage < self._n_stages and left < self.polish_epochs
 
     # ------------------------------------------------------------------ Keras hooks
 
@@ -222,9 +263,10 @@ class GradualQuantization(keras.callbacks.Callback):
         if planned is not None and planned < needed:
             warnings.warn(
                 f"GradualQuantization needs {needed} epochs ({self.warmup_epochs} warm-up + "
-                f"{self._n_stages} stages x {self.epochs_per_stage} + {self.final_epochs} "
-                f"final), but fit runs {planned}: training ends in stage "
-                f"{self.stage_at(planned - 1)} of {self._n_stages}.",
+                f"{self.first_stage_epochs} + {self._n_stages - 1} stages x "
+                f"{self.epochs_per_stage} + {self.final_epochs} final), but fit runs "
+                f"{planned}: training ends in stage {self.stage_at(planned - 1)} of "
+                f"{self._n_stages}.",
                 stacklevel=2,
             )
         if self.log_dir is not None:
@@ -232,10 +274,13 @@ class GradualQuantization(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         stage = self.stage_at(epoch)
-        self._apply_stage(self.model, stage)
-        if self.verbose and stage != self._shown_stage:
-            print(f"GradualQuantization, epoch {epoch + 1}: {self._describe(stage)}", flush=True)
-        self._shown_stage = stage
+        polishing = self.polishing_at(epoch)
+        self._apply_stage(self.model, stage, polishing)
+        shown = (stage, polishing)
+        if self.verbose and shown != self._shown_stage:
+            print(f"GradualQuantization, epoch {epoch + 1}: {self._describe(stage, polishing)}",
+                  flush=True)
+        self._shown_stage = shown
         self._rebuild_train_function_if_needed()
 
     def on_epoch_end(self, epoch, logs=None):
@@ -256,13 +301,15 @@ class GradualQuantization(keras.callbacks.Callback):
 
     # ------------------------------------------------------------------ applying a stage
 
-    def _apply_stage(self, model, stage: int) -> None:
-        """Sets every quantizer's mode for ``stage`` and the set of frozen kernels."""
+    def _apply_stage(self, model, stage: int, polishing: bool = False) -> None:
+        """Sets every quantizer's mode for ``stage`` and the set of frozen kernels; while
+        ``polishing``, the stage's own layers are QUANTIZED instead of NOISY."""
         stage_of = {name: i for i, names in enumerate(self._plan) for name in names}
+        current = Mode.QUANTIZED if polishing else Mode.NOISY
         frozen = set()
         for wrapper in kernel_wrappers(model):
             i = stage_of[wrapper.layer.name]
-            mode = Mode.QUANTIZED if i < stage else Mode.NOISY if i == stage else Mode.FLOAT
+            mode = Mode.QUANTIZED if i < stage else current if i == stage else Mode.FLOAT
             for attr, _, variables in weight_quantizers(wrapper):
                 variables["mode"].assign(int(mode))
                 if i < stage:
@@ -274,7 +321,7 @@ class GradualQuantization(keras.callbacks.Callback):
                 variables["act_mode"].assign(int(act_mode))
         self._frozen_refs = frozen
 
-    def _describe(self, stage: int) -> str:
+    def _describe(self, stage: int, polishing: bool = False) -> str:
         """One line saying which layers are quantized+frozen, noisy and float at ``stage``."""
         plan = self._plan
         n = len(plan)
@@ -284,8 +331,9 @@ class GradualQuantization(keras.callbacks.Callback):
             return f"all {n} stages quantized and frozen; fine-tuning biases and batch norm"
         done = [name for names in plan[:stage] for name in names]
         later = [name for names in plan[stage + 1 :] for name in names]
+        current = "hard (straight-through polish)" if polishing else "noisy"
         return (
-            f"stage {stage + 1}/{n}: quantized+frozen {done or '-'}, noisy {plan[stage]}, "
+            f"stage {stage + 1}/{n}: quantized+frozen {done or '-'}, {current} {plan[stage]}, "
             f"float {later or '-'}"
         )
 

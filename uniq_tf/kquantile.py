@@ -1,7 +1,7 @@
 """The k-quantile quantizer and UNIQ's uniform noise: the method's math, written once.
 
 Every user of the method (training, stripping, codebooks, exporters, BOPs) calls these
-functions. Formulas (Baskin et al., UNIQ, ACM TOCS 2021; ``shared/uniq-method.md`` sections 1-2),
+functions. Formulas (Baskin et al., UNIQ, ACM TOCS 2021; docs/method.md sections 1-2),
 with F the fitted CDF of a weight tensor (per tensor, or per output channel):
 
     Gaussian:   mu = mean(w), sigma = max(std(w), 1e-5), F(w) = Phi((w - mu) / sigma)
@@ -12,7 +12,17 @@ with F the fitted CDF of a weight tensor (per tensor, or per output channel):
     level_i    = F^-1((i + 0.5) / k)                    (the bin's median)
     w_q        = level[bin]                             (hard quantization, exactly k values)
     e          ~ U[-s / (2k), +s / (2k)], s = 1 (s = 2 for the "high noise" variant)
-    w_hat      = F^-1(clip(u + e, 1e-5, 1 - 1e-5))       (training-time noise)
+    w_hat      = F^-1(clip(u + e, 1e-5, 1 - 1e-5))       (training-time noise, "paper")
+
+Noise models (``noise=``; docs/method.md section 9 has their error tables):
+
+    "paper"        w_hat = F^-1(clip(u + e, 1e-5, 1 - 1e-5)): the paper and reference code
+    "clipped"      w_hat = F^-1(clip(u + e, 1/(2k), 1 - 1/(2k))): the reference code's clip of
+                   its activation noise, applied to the weights; a noisy weight never passes
+                   the outer codebook levels, and its error matches the hard quantizer's
+    "bin_matched"  w_hat = w + s * (level[bin] - F^-1((bin + r) / k)), r ~ U[0, 1): additive
+                   noise drawn from the hard quantizer's own error distribution in the
+                   weight's bin, so its error matches the quantizer's bin by bin
 
 Statistics are taken under ``stop_gradient``: mu and sigma (and the empirical order) carry no
 gradient; the caller gives the float weight an identity gradient.
@@ -31,6 +41,10 @@ from scipy.special import ndtri
 
 from uniq_tf._keras import tf
 
+PAPER = "paper"
+CLIPPED = "clipped"
+BIN_MATCHED = "bin_matched"
+NOISE_MODELS = (PAPER, CLIPPED, BIN_MATCHED)
 GAUSSIAN = "gaussian"
 EMPIRICAL = "empirical"
 DISTRIBUTIONS = (GAUSSIAN, EMPIRICAL)
@@ -185,20 +199,43 @@ def ranked(rows: tf.Tensor) -> tuple[RowStats, tf.Tensor]:
     return RowStats(EMPIRICAL, sorted_rows=tf.gather(rows, order, batch_dims=1)), u
 
 
+def check_noise(noise: str) -> str:
+    """``noise`` if it names a noise model, else a ValueError listing them."""
+    if noise not in NOISE_MODELS:
+        raise ValueError(f"noise must be one of {NOISE_MODELS}, got {noise!r}")
+    return noise
+
+
 def noisy_rows(
-    rows: tf.Tensor, bits: int, distribution: str = GAUSSIAN, noise_scale: float = 1.0
+    rows: tf.Tensor,
+    bits: int,
+    distribution: str = GAUSSIAN,
+    noise_scale: float = 1.0,
+    noise: str = PAPER,
 ) -> tf.Tensor:
-    """UNIQ's noisy weights: w_hat = F^-1(clip(u + e, 1e-5, 1 - 1e-5)), e ~ U[+-s/(2k)]."""
-    half_width = noise_scale / (2.0 * 2**bits)
+    """UNIQ's noisy weights of a (C, N) matrix under the noise model ``noise`` (module doc).
+
+    "paper": w_hat = F^-1(clip(u + e, 1e-5, 1 - 1e-5)), e ~ U[+-s/(2k)].
+    """
+    check_noise(noise)
+    k = 2**bits
     if distribution == EMPIRICAL:
         stats, u = ranked(rows)
     else:
         stats = fit(rows, distribution)
         u = uniformize(rows, stats)
+    if noise == BIN_MATCHED:
+        bins = bin_index(u, bits)
+        r = tf.random.stateless_uniform(tf.shape(rows), _replica_seed(), dtype=rows.dtype)
+        drawn = tf.clip_by_value((tf.cast(bins, rows.dtype) + r) / k, U_CLIP, 1.0 - U_CLIP)
+        level = tf.gather(levels(stats, bits, rows.dtype), bins, batch_dims=1)
+        return rows + noise_scale * (level - inverse(drawn, stats))
+    half_width = noise_scale / (2.0 * k)
     e = tf.random.stateless_uniform(
         tf.shape(rows), _replica_seed(), -half_width, half_width, dtype=rows.dtype
     )
-    return inverse(tf.clip_by_value(u + e, U_CLIP, 1.0 - U_CLIP), stats)
+    low = U_CLIP if noise == PAPER else 0.5 / k
+    return inverse(tf.clip_by_value(u + e, low, 1.0 - low), stats)
 
 
 def quantize(w, bits: int, channel_axes=None, distribution: str = GAUSSIAN) -> tf.Tensor:
@@ -208,11 +245,16 @@ def quantize(w, bits: int, channel_axes=None, distribution: str = GAUSSIAN) -> t
 
 
 def add_noise(
-    w, bits: int, channel_axes=None, distribution: str = GAUSSIAN, noise_scale: float = 1.0
+    w,
+    bits: int,
+    channel_axes=None,
+    distribution: str = GAUSSIAN,
+    noise_scale: float = 1.0,
+    noise: str = PAPER,
 ) -> tf.Tensor:
     """Noisy weight tensor of any shape (see :func:`noisy_rows`)."""
     rows, back = to_rows(w, channel_axes)
-    return back(noisy_rows(rows, bits, distribution, noise_scale))
+    return back(noisy_rows(rows, bits, distribution, noise_scale, noise))
 
 
 def codebook(w, bits: int, channel_axes=None, distribution: str = GAUSSIAN):

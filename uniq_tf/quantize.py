@@ -65,7 +65,7 @@ def flatten_layers(model) -> list:
 
 def _plan(
     model, weight_bits, activation_bits, layer_bits, skip_layers, per_channel, distribution,
-    noise_scale,
+    noise_scale, noise,
 ) -> dict:
     """Layer name -> QuantizeConfig, in forward order."""
     plan: dict = {}
@@ -182,6 +182,7 @@ def quantize_model(
     per_channel: bool = False,
     distribution: str = "gaussian",
     high_noise: bool = False,
+    noise: str = kquantile.PAPER,
 ):
     """Returns a quantization-aware copy of ``model`` trained with UNIQ.
 
@@ -203,6 +204,11 @@ def quantize_model(
         per_channel: fit the CDF per output channel instead of per tensor.
         distribution: "gaussian" (the paper) or "empirical" (exact quantiles of the weights).
         high_noise: noise of +-1/k instead of +-1/(2k) (the reference code's variant).
+        noise: the training noise model (docs/method.md section 9): "paper" (the paper's
+            noise, u + e clipped to [1e-5, 1 - 1e-5]), "clipped" (u + e clipped to
+            [1/(2k), 1 - 1/(2k)]: the noisy weight stays within the outer codebook levels)
+            or "bin_matched" (additive noise drawn from the hard quantizer's error in the
+            weight's bin).
     """
     model = require_keras2_model(model)
     _check_graph_model(model, f"model {model.name!r}")
@@ -215,10 +221,11 @@ def quantize_model(
         raise ValueError(
             f"distribution must be one of {kquantile.DISTRIBUTIONS}, got {distribution!r}"
         )
+    kquantile.check_noise(noise)
     checked, skip_layers = check_layer_overrides(model, layer_bits, skip_layers)
     plan = _plan(
         model, weight_bits, activation_bits, checked, skip_layers, per_channel, distribution,
-        HIGH_NOISE_SCALE if high_noise else 1.0,
+        HIGH_NOISE_SCALE if high_noise else 1.0, noise,
     )
     if not any(isinstance(c, KernelQuantizeConfig) for c in plan.values()):
         raise ValueError(

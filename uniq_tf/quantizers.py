@@ -69,11 +69,12 @@ def _add_mode_variable(layer, name: str, initial_mode: int) -> tf.Variable:
 
 @keras.utils.register_keras_serializable(package="uniq_tf")
 class KQuantileWeightQuantizer(_Quantizer):
-    """UNIQ weight quantizer (Baskin et al. 2021, sections 1-2 of shared/uniq-method.md).
+    """UNIQ weight quantizer (Baskin et al. 2021, sections 1-2 of docs/method.md).
 
     Forward, by mode:
         FLOAT:      w
-        NOISY:      training: w_hat = F^-1(clip(F(w) + e)), e ~ U[-s/2k, s/2k]; else w_q
+        NOISY:      training: w_hat = F^-1(clip(F(w) + e)), e ~ U[-s/2k, s/2k] (the clip and
+                    the noise's form depend on ``noise``); else w_q
         QUANTIZED:  w_q = F^-1((floor(F(w) k) + 1/2) / k), exactly one of k codebook values
     Backward: dL/dw = dL/d(forward) in every mode (identity); F's statistics carry no gradient.
 
@@ -83,6 +84,8 @@ class KQuantileWeightQuantizer(_Quantizer):
             None for one set of statistics per tensor.
         distribution: "gaussian" (the paper's fit) or "empirical" (exact quantiles).
         noise_scale: 1.0 for the paper's noise of one bin's width; 2.0 for "high noise".
+        noise: the noise model, one of ``kquantile.NOISE_MODELS``: "paper" (the paper's clip
+            to [1e-5, 1 - 1e-5]), "clipped" (clip to [1/(2k), 1 - 1/(2k)]) or "bin_matched".
         initial_mode: the mode a freshly built layer starts in.
     """
 
@@ -93,12 +96,14 @@ class KQuantileWeightQuantizer(_Quantizer):
         distribution: str = kquantile.GAUSSIAN,
         noise_scale: float = 1.0,
         initial_mode: int = Mode.NOISY,
+        noise: str = kquantile.PAPER,
     ):
         self.bits = int(bits)
         self.channel_axes = tuple(channel_axes) if channel_axes else None
         self.distribution = distribution
         self.noise_scale = float(noise_scale)
         self.initial_mode = int(initial_mode)
+        self.noise = kquantile.check_noise(noise)
 
     def build(self, tensor_shape, name, layer):
         return {"mode": _add_mode_variable(layer, f"{name}_{MODE_VARIABLE}", self.initial_mode)}
@@ -108,7 +113,7 @@ class KQuantileWeightQuantizer(_Quantizer):
 
     def noisy(self, w: tf.Tensor) -> tf.Tensor:
         return kquantile.add_noise(
-            w, self.bits, self.channel_axes, self.distribution, self.noise_scale
+            w, self.bits, self.channel_axes, self.distribution, self.noise_scale, self.noise
         )
 
     def __call__(self, inputs, training, weights, **kwargs):
@@ -134,6 +139,7 @@ class KQuantileWeightQuantizer(_Quantizer):
             "distribution": self.distribution,
             "noise_scale": self.noise_scale,
             "initial_mode": self.initial_mode,
+            "noise": self.noise,
         }
 
     def __eq__(self, other):
