@@ -214,3 +214,18 @@ def test_bin_matched_noise_matches_the_quantizers_error_in_every_bin(bits):
 def test_unknown_noise_model_is_rejected_by_name():
     with pytest.raises(ValueError, match="noise must be one of"):
         kquantile.add_noise(tf.ones([4, 4]), 2, noise="gaussian")
+
+
+def test_quantize_model_gives_every_kernel_the_chosen_noise_and_checks_it():
+    import uniq_tf
+    from uniq_tf._keras import keras
+    from uniq_tf.quantize import kernel_wrappers, weight_quantizers
+
+    inp = keras.Input((6,))
+    model = keras.Model(inp, keras.layers.Dense(3)(keras.layers.Dense(8)(inp)))
+    quantized = uniq_tf.quantize_model(model, 2, 8, noise=kquantile.CLIPPED)
+    noises = [q.noise for w in kernel_wrappers(quantized) for _, q, _ in weight_quantizers(w)]
+    assert noises == [kquantile.CLIPPED] * 2
+    assert weight_quantizers(kernel_wrappers(quantized)[0])[0][1].get_config()["noise"] == "clipped"
+    with pytest.raises(ValueError, match="noise must be one of"):
+        uniq_tf.quantize_model(model, 2, 8, noise="wide")

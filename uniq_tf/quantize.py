@@ -83,7 +83,8 @@ def _plan(
             a_bits = activation_bits if a_bits is None else a_bits
             quantizers = {
                 attr: KQuantileWeightQuantizer(
-                    w_bits, axes if per_channel else None, distribution, noise_scale
+                    w_bits, axes if per_channel else None, distribution, noise_scale,
+                    noise=noise,
                 )
                 for attr, axes in attrs.items()
             }
