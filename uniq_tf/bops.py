@@ -405,7 +405,7 @@ def _plan(model, weight_bits, activation_bits, layer_bits, skip_layers, per_chan
     checked, skip_layers = quantize.check_layer_overrides(model, layer_bits, skip_layers)
     return quantize._plan(
         model, weight_bits, activation_bits, checked, skip_layers, bool(per_channel),
-        "gaussian", 1.0,
+        "gaussian", 1.0, "paper",
     )
 
 

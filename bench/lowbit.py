@@ -1,0 +1,608 @@
+"""The low-bit suite of the accuracy benchmark: a protocol that can tell the methods apart.
+
+bench/accuracy.py's digits split tests on 450 images (0.22 points each) with models that are
+near 99 % at 2 bits. This suite is built to resolve differences between methods at 2-4 bits:
+
+- **Folds as seeds.** Seed s (0..4) trains on four folds of a stratified 5-fold split of all
+  1,797 digits and tests on the fifth, so over the five seeds every digit is tested exactly
+  once. Each test image is evaluated at its 9 one-pixel shifts (the shifts training augments
+  with), about 3,240 test images per seed: a resolution of 0.03 points. Test cross-entropy is
+  reported beside accuracy.
+- **Narrow models** (:data:`MODELS`): float accuracy at most 98 % on this test set, and 2-bit
+  post-training k-quantile quantization loses more than 10 points (measured, in the tables).
+- **Paired.** One float model per (model, seed); every method starts from it and sees the
+  same data order. For each method, the paired difference to UNIQ's default over the seeds,
+  with a 95 % t interval (4 degrees of freedom).
+- **Two schedules**, each the whole fine-tune of every fine-tuned method (same epochs, same
+  optimizer, same rate schedule): ``short`` (Adam, cosine decay to 0, 2 epochs per stage, as
+  bench/accuracy.py) and ``reference`` (the reference code's recipe scaled down: SGD with
+  momentum 0.9 and weight decay, a longer first stage, a constant rate that drops 10x only
+  for the final epochs).
+- **Equal tuning.** Each fine-tuned method gets its learning rate from the same three-value
+  sweep per schedule (W2A8, seed 0, on a validation fifth held out of seed 0's training
+  folds; best validation accuracy, then cross-entropy).
+- **Deterministic.** ``tf.config.experimental.enable_op_determinism`` and seeds on every
+  random op: the same command gives the same numbers.
+
+Run alone (one process per model, schedule and method, two at a time):
+
+    .venv/bin/python bench/lowbit.py --output_dir=outputs/bench     # full (~1 h, 2 cores)
+    .venv/bin/python bench/lowbit.py --quick --output_dir=/tmp/lb   # quick (~1 min)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+import uniq_tf  # noqa: E402
+from bench import common, peers  # noqa: E402
+from uniq_tf import atomic, bops  # noqa: E402
+from uniq_tf._keras import keras, tf  # noqa: E402
+from uniq_tf.callbacks import GradualQuantization  # noqa: E402
+
+METHODS = {
+    "uniq": "UNIQ, project defaults (clipped noise + polish)",
+    "uniq_paper": "UNIQ, the paper (noise clip 1e-5, no polish)",
+    "uniq_clipped": "UNIQ, clipped noise, no polish",
+    "uniq_bin": "UNIQ, bin-matched noise, no polish",
+    "kquantile_ste": "k-quantile + STE (no noise)",
+    "uniform_qat": "uniform QAT (TFMOT quantizers)",
+    "cluster_kmeans": "TFMOT clustering, k-means++ init",
+    "ptq_kquantile": "post-training k-quantile",
+    "ptq_uniform": "post-training uniform",
+}
+# UNIQ variants: (noise model, polish epochs per stage).
+UNIQ_VARIANTS = {"uniq": ("clipped", 1), "uniq_paper": ("paper", 0),
+                 "uniq_clipped": ("clipped", 0), "uniq_bin": ("bin_matched", 0)}
+REFERENCE_METHOD = "uniq"
+FINE_TUNED = ("uniq", "uniq_paper", "uniq_clipped", "uniq_bin", "kquantile_ste",
+              "uniform_qat", "cluster_kmeans")
+POST_TRAINING = ("ptq_kquantile", "ptq_uniform")
+BITS = ((2, 8), (2, 4), (3, 8), (4, 8))
+SEEDS = (0, 1, 2, 3, 4)
+FOLDS = 5
+SHIFTS = tuple((dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1))
+T_975_4DF = 2.7764451051977987  # scipy.stats.t.ppf(0.975, 4)
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """A fine-tune recipe: UNIQ's stages and the optimizer and rate every method shares."""
+
+    name: str
+    optimizer: str  # "adam" or "sgd"
+    rates: tuple[float, ...]  # the sweep
+    epochs_per_stage: int
+    first_stage_epochs: int
+    final_epochs: int
+    rate_shape: str  # "cosine" (to 0 over the run) or "step" (constant, /10 for final epochs)
+    weight_decay: float = 0.0
+
+    def epochs(self, stages: int) -> int:
+        return self.first_stage_epochs + (stages - 1) * self.epochs_per_stage + self.final_epochs
+
+    def callback(self, polish: int) -> GradualQuantization:
+        return GradualQuantization(
+            "layer", epochs_per_stage=self.epochs_per_stage,
+            first_stage_epochs=self.first_stage_epochs, final_epochs=self.final_epochs,
+            polish_epochs=polish, verbose=0,
+        )
+
+    def optimizer_for(self, rate: float, steps_per_epoch: int, epochs: int):
+        total = steps_per_epoch * epochs
+        if self.rate_shape == "cosine":
+            schedule = keras.optimizers.schedules.CosineDecay(rate, total)
+        else:
+            boundary = steps_per_epoch * (epochs - self.final_epochs)
+            schedule = keras.optimizers.schedules.PiecewiseConstantDecay(
+                [boundary], [rate, rate / 10])
+        if self.optimizer == "adam":
+            return keras.optimizers.Adam(schedule)
+        return keras.optimizers.SGD(schedule, momentum=0.9, weight_decay=self.weight_decay)
+
+
+SCHEDULES = {
+    "short": Schedule("short", "adam", (1e-4, 3e-4, 1e-3), 2, 2, 2, "cosine"),
+    "reference": Schedule("reference", "sgd", (3e-3, 1e-2, 3e-2), 3, 5, 2, "step", 5e-4),
+}
+QUICK_SCHEDULES = {
+    "short": Schedule("short", "adam", (3e-4,), 2, 2, 1, "cosine"),
+}
+
+
+# ---------------------------------------------------------------- data and models
+
+
+def folds(seed: int, validation: bool = False):
+    """(x_train, y_train, x_test, y_test) of fold ``seed``: all 1,797 digits in [0, 1],
+    (N, 8, 8, 1). ``validation``: the test part is a stratified fifth of the training folds
+    instead (for the learning-rate sweep), and the training part the rest."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import StratifiedKFold
+
+    digits = load_digits()
+    x = (digits.images / 16.0).astype(np.float32)[..., np.newaxis]
+    y = digits.target.astype(np.int32)
+    splits = list(StratifiedKFold(FOLDS, shuffle=True, random_state=0).split(x, y))
+    train, test = splits[seed % FOLDS]
+    if validation:
+        inner = StratifiedKFold(FOLDS, shuffle=True, random_state=1).split(x[train], y[train])
+        fit, held = next(iter(inner))
+        train, test = train[fit], train[held]
+    return x[train], y[train], x[test], y[test]
+
+
+def shifted(images: np.ndarray) -> np.ndarray:
+    """Every image at each of the 9 one-pixel shifts (zero fill), shift-major."""
+    padded = np.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    h, w = images.shape[1:3]
+    return np.concatenate([padded[:, 1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
+                           for dy, dx in SHIFTS])
+
+
+def train_dataset(x, y, seed: int, batch_size: int = 64) -> tf.data.Dataset:
+    """Shuffled (order fixed by ``seed``) and shifted by up to one pixel, from per-example
+    stateless seeds: the same ``seed`` gives the same batches in every run and method."""
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=seed)
+    ds = ds.enumerate()
+
+    def shift(index, example):
+        image, label = example
+        padded = tf.pad(image, [[1, 1], [1, 1], [0, 0]])
+        crop = tf.image.stateless_random_crop(padded, tf.shape(image),
+                                              seed=tf.stack([tf.cast(seed, tf.int64), index]))
+        return crop, label
+
+    return ds.map(shift).batch(batch_size)
+
+
+def test_dataset(x, y, batch_size: int = 512) -> tf.data.Dataset:
+    return tf.data.Dataset.from_tensor_slices(
+        (shifted(x), np.tile(y, len(SHIFTS)))).batch(batch_size)
+
+
+def tiny_cnn(input_shape=(8, 8, 1), num_classes: int = 10) -> keras.Model:
+    """Two narrow convolutions (6 and 12 filters) and a dense classifier: 3 kernel layers."""
+    inputs = keras.Input(input_shape)
+    x = inputs
+    for i, (filters, stride) in enumerate(((6, 1), (12, 2)), start=1):
+        x = keras.layers.Conv2D(filters, 3, stride, padding="same", use_bias=False,
+                                name=f"conv{i}")(x)
+        x = keras.layers.BatchNormalization(name=f"bn{i}")(x)
+        x = keras.layers.ReLU(name=f"relu{i}")(x)
+    x = keras.layers.Flatten()(x)
+    return keras.Model(inputs, keras.layers.Dense(num_classes, name="fc")(x), name="tiny_cnn")
+
+
+def narrow_resnet(input_shape=(8, 8, 1), num_classes: int = 10) -> keras.Model:
+    """A residual net of width 8-16 (stem, two basic blocks, the second with a projection),
+    global pooling: 7 kernel layers."""
+
+    def conv_bn(x, filters, stride, name, relu=True):
+        x = keras.layers.Conv2D(filters, 3 if "proj" not in name else 1, stride,
+                                padding="same", use_bias=False, name=name)(x)
+        x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+        return keras.layers.ReLU(name=f"{name}_relu")(x) if relu else x
+
+    inputs = keras.Input(input_shape)
+    x = conv_bn(inputs, 8, 1, "stem")
+    for name, filters, stride in (("block1", 8, 1), ("block2", 16, 2)):
+        y = conv_bn(x, filters, stride, f"{name}_conv1")
+        y = conv_bn(y, filters, 1, f"{name}_conv2", relu=False)
+        if stride != 1:
+            x = conv_bn(x, filters, stride, f"{name}_proj", relu=False)
+        x = keras.layers.ReLU(name=f"{name}_out")(keras.layers.Add()([x, y]))
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(num_classes, name="fc")(x)
+    return keras.Model(inputs, outputs, name="narrow_resnet")
+
+
+MODELS = {"tiny_cnn": tiny_cnn, "narrow_resnet": narrow_resnet}
+FLOAT_EPOCHS = 30
+
+
+def _compile(model, optimizer) -> None:
+    model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+
+
+def _evaluate(model, test) -> dict:
+    result = model.evaluate(test, verbose=0, return_dict=True)
+    return {"accuracy": float(result["accuracy"]), "cross_entropy": float(result["loss"])}
+
+
+def train_float(name: str, seed: int, epochs: int, validation: bool = False):
+    common.set_seed(seed)
+    x, y, xt, yt = folds(seed, validation)
+    train = train_dataset(x, y, seed)
+    model = MODELS[name]()
+    steps = int(np.ceil(len(x) / 64))
+    _compile(model, keras.optimizers.Adam(
+        keras.optimizers.schedules.CosineDecay(3e-3, steps * epochs)))
+    model.fit(train, epochs=epochs, verbose=0)
+    return model, _evaluate(model, test_dataset(xt, yt))
+
+
+def float_model(name: str, seed: int, float_dir: str, epochs: int, validation: bool = False):
+    """The float model of (``name``, ``seed``), trained once and saved under ``float_dir``."""
+    path = Path(float_dir, f"{name}_seed{seed}{'_val' if validation else ''}")
+    if not path.with_suffix(".json").exists():
+        model, metrics = train_float(name, seed, epochs, validation)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic.atomic_path(path.with_suffix(".h5")) as temp:
+            model.save(temp, save_format="h5")
+        common.write_json(str(path.with_suffix(".json")), metrics)
+    model = keras.models.load_model(str(path.with_suffix(".h5")), compile=False)
+    return model, json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
+
+
+# ---------------------------------------------------------------- methods
+
+
+def build(method: str, model, weight_bits: int, activation_bits: int):
+    if method in UNIQ_VARIANTS:
+        return uniq_tf.quantize_model(model, weight_bits, activation_bits,
+                                      noise=UNIQ_VARIANTS[method][0])
+    if method in ("kquantile_ste", "ptq_kquantile"):
+        return uniq_tf.quantize_model(model, weight_bits, activation_bits)
+    if method in ("uniform_qat", "ptq_uniform"):
+        return peers.uniform_qat(model, weight_bits, activation_bits)
+    if method == "cluster_kmeans":
+        return peers.clustered(model, weight_bits, activation_bits, "kmeans++")
+    raise ValueError(f"Unknown method {method!r}; allowed: {list(METHODS)}")
+
+
+def fine_tune(method: str, model_name: str, float_, seed: int, bits: tuple[int, int],
+              schedule: Schedule, rate: float, validation: bool = False) -> dict:
+    """One run: ``method`` from ``float_`` at ``bits``, evaluated on the fold's test set."""
+    weight_bits, activation_bits = bits
+    common.set_seed(seed)
+    x, y, xt, yt = folds(seed, validation)
+    train = train_dataset(x, y, seed)
+    model = build(method, float_, weight_bits, activation_bits)
+    if method in ("uniform_qat", "ptq_uniform"):
+        peers.set_uniform_ranges(model)
+    if method in ("kquantile_ste", "ptq_kquantile"):
+        uniq_tf.set_weight_mode(model, uniq_tf.Mode.QUANTIZED)
+    uniq_tf.calibrate_activations(model, train, steps=10, verbose=False)
+    epochs = 0
+    if method in FINE_TUNED:
+        stages = len(GradualQuantization().plan(model)) if method in UNIQ_VARIANTS else len(
+            GradualQuantization().plan(uniq_tf.quantize_model(float_, 4, 8)))
+        epochs = schedule.epochs(stages)
+        steps = int(np.ceil(len(x) / 64))
+        _compile(model, schedule.optimizer_for(rate, steps, epochs))
+        callbacks = ([schedule.callback(UNIQ_VARIANTS[method][1])]
+                     if method in UNIQ_VARIANTS else [])
+        model.fit(train, epochs=epochs, verbose=0, callbacks=callbacks)
+    if method in UNIQ_VARIANTS or method in ("kquantile_ste", "ptq_kquantile"):
+        uniq_tf.set_weight_mode(model, uniq_tf.Mode.QUANTIZED)
+        uniq_tf.set_activation_mode(model, uniq_tf.ActMode.QUANTIZED)
+    if method not in FINE_TUNED:
+        _compile(model, keras.optimizers.Adam())
+    return {"epochs": epochs, **_evaluate(model, test_dataset(xt, yt))}
+
+
+def sweep(method: str, model_name: str, schedule: Schedule, float_dir: str,
+          float_epochs: int, progress=print) -> tuple[float, list[dict]]:
+    """The learning rate of ``schedule.rates`` with the best validation accuracy (then the
+    lower cross-entropy) at W2A8 on seed 0's validation split."""
+    if len(schedule.rates) == 1:
+        return schedule.rates[0], []
+    float_, _ = float_model(model_name, 0, float_dir, float_epochs, validation=True)
+    trials = []
+    for rate in schedule.rates:
+        result = fine_tune(method, model_name, float_, 0, (2, 8), schedule, rate,
+                           validation=True)
+        trials.append({"rate": rate, **result})
+        progress(f"  sweep {model_name} {schedule.name} {method} lr {rate:g}: "
+                 f"{100 * result['accuracy']:.2f} %")
+        keras.backend.clear_session()
+    best = max(trials, key=lambda t: (round(t["accuracy"], 6), -t["cross_entropy"]))
+    return best["rate"], trials
+
+
+@dataclasses.dataclass
+class Part:
+    """One process's work: every bit width and seed of one (model, schedule, method)."""
+
+    model: str
+    schedule: str
+    method: str
+    seeds: tuple[int, ...] = SEEDS
+    bits: tuple[tuple[int, int], ...] = BITS
+    float_epochs: int = FLOAT_EPOCHS
+    quick: bool = False
+    floats_only: bool = False
+
+
+def run_part(part: Part, float_dir: str, progress=print) -> dict:
+    tf.config.experimental.enable_op_determinism()
+    warnings.filterwarnings("ignore", message=".*HDF5 file.*")
+    if part.floats_only:
+        for seed in part.seeds:
+            _, metrics = float_model(part.model, seed, float_dir, part.float_epochs)
+            progress(f"{part.model} float seed {seed}: {100 * metrics['accuracy']:.2f} %")
+        float_model(part.model, 0, float_dir, part.float_epochs, validation=True)
+        return {}
+    schedules = QUICK_SCHEDULES if part.quick else SCHEDULES
+    schedule = schedules[part.schedule]
+    rate, trials = (sweep(part.method, part.model, schedule, float_dir, part.float_epochs,
+                          progress) if part.method in FINE_TUNED else (None, []))
+    runs = []
+    for bits in part.bits:
+        for seed in part.seeds:
+            start = time.perf_counter()
+            float_, _ = float_model(part.model, seed, float_dir, part.float_epochs)
+            result = fine_tune(part.method, part.model, float_, seed, bits, schedule, rate)
+            runs.append({"model": part.model, "schedule": part.schedule,
+                         "method": part.method, "weight_bits": bits[0],
+                         "activation_bits": bits[1], "seed": seed, "rate": rate, **result})
+            progress(f"{part.model} {part.schedule} {part.method} W{bits[0]}A{bits[1]} seed "
+                     f"{seed}: {100 * result['accuracy']:.2f} % "
+                     f"({time.perf_counter() - start:.0f} s)")
+            keras.backend.clear_session()
+    return {"part": dataclasses.asdict(part), "rate": rate, "sweep": trials, "runs": runs}
+
+
+# ---------------------------------------------------------------- statistics and tables
+
+
+def paired(runs: list[dict], method: str, against: str, key: str = "accuracy"):
+    """(mean difference, half-width of its 95 % t interval, n) of ``method`` minus
+    ``against`` over the seeds both have, in points (x100)."""
+    a = {r["seed"]: r[key] for r in runs if r["method"] == method}
+    b = {r["seed"]: r[key] for r in runs if r["method"] == against}
+    seeds = sorted(set(a) & set(b))
+    d = np.array([100 * (a[s] - b[s]) for s in seeds])
+    if len(d) < 2:
+        return (float(d.mean()) if len(d) else float("nan")), float("nan"), len(d)
+    from scipy.stats import t
+
+    half = float(t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d)))
+    return float(d.mean()), half, len(d)
+
+
+def _groups(results: dict):
+    out: dict = {}
+    for r in results["runs"]:
+        out.setdefault((r["model"], r["schedule"], r["weight_bits"], r["activation_bits"]),
+                       []).append(r)
+    return out
+
+
+def summary(results: dict) -> list[dict]:
+    """Per (model, schedule, method, bits): mean accuracy and cross-entropy, and the paired
+    difference to UNIQ's default with its 95 % interval."""
+    out = []
+    for (model, schedule, wb, ab), runs in _groups(results).items():
+        for method in results["methods"]:
+            mine = [r for r in runs if r["method"] == method]
+            if not mine:
+                continue
+            acc = [100 * r["accuracy"] for r in mine]
+            diff, half, n = paired(runs, method, REFERENCE_METHOD)
+            out.append({
+                "model": model, "schedule": schedule, "method": method, "weight_bits": wb,
+                "activation_bits": ab, "mean": float(np.mean(acc)),
+                "std": float(np.std(acc, ddof=1)) if len(acc) > 1 else 0.0,
+                "cross_entropy": float(np.mean([r["cross_entropy"] for r in mine])),
+                "diff_to_uniq": diff, "ci_half": half, "n": n,
+            })
+    return out
+
+
+def _verdict(diff: float, half: float) -> str:
+    if np.isnan(half):
+        return ""
+    if diff - half > 0:
+        return " ▲"
+    if diff + half < 0:
+        return " ▼"
+    return ""
+
+
+def tables(results: dict) -> str:
+    """Per model and schedule: mean accuracy (%), cross-entropy and paired difference to
+    UNIQ's default with its 95 % interval."""
+    rows = {(e["model"], e["schedule"], e["method"], e["weight_bits"], e["activation_bits"]): e
+            for e in results["summary"]}
+    text = []
+    for model in results["models"]:
+        floats = [100 * f["accuracy"] for f in results["float"] if f["model"] == model]
+        for schedule in results["schedules"]:
+            header = ["method", "lr"] + [f"W{w}A{a}" for w, a in results["bits"]]
+            body = []
+            for method in results["methods"]:
+                cells = []
+                for w, a in results["bits"]:
+                    e = rows.get((model, schedule, method, w, a))
+                    if e is None:
+                        cells.append("-")
+                        continue
+                    cell = f"{e['mean']:.2f} ({e['cross_entropy']:.3f})"
+                    if method != REFERENCE_METHOD:
+                        cell += (f"<br>{e['diff_to_uniq']:+.2f} ± {e['ci_half']:.2f}"
+                                 f"{_verdict(e['diff_to_uniq'], e['ci_half'])}")
+                    cells.append(cell)
+                rate = results["rates"].get(f"{model}/{schedule}/{method}")
+                body.append([METHODS[method], "-" if rate is None else f"{rate:g}"] + cells)
+            epochs = results["epochs"].get(f"{model}/{schedule}", "?")
+            text.append(
+                f"**{model}, {schedule} schedule** ({epochs} fine-tuning epochs; one test "
+                f"image is {resolution(results):.3f} points of a seed's accuracy; float "
+                f"{np.mean(floats):.2f} %): mean test accuracy % (cross-entropy); below it, "
+                f"the paired difference to *{METHODS[REFERENCE_METHOD]}* in points with its "
+                "95 % interval over the seeds (▲ / ▼: the interval excludes 0, the method is "
+                "above / below UNIQ).\n\n" + common.markdown_table(header, body))
+    return "\n".join(text)
+
+
+def plot(results: dict, output_dir: str) -> list[str]:
+    """Accuracy against BOPs with error bars (standard deviation over seeds), per model and
+    schedule, fine-tuned methods and float."""
+    paths = []
+    for model in results["models"]:
+        for schedule in results["schedules"]:
+            points = [
+                {"method": METHODS[e["method"]], "bops": results["bops"][model][
+                    f"W{e['weight_bits']}A{e['activation_bits']}"],
+                 "accuracy": e["mean"], "std": e["std"]}
+                for e in results["summary"]
+                if e["model"] == model and e["schedule"] == schedule
+                and e["method"] in FINE_TUNED]
+            floats = [100 * f["accuracy"] for f in results["float"] if f["model"] == model]
+            points.append({"method": "float", "bops": results["bops"][model]["float"],
+                           "accuracy": float(np.mean(floats)),
+                           "std": float(np.std(floats, ddof=1)) if len(floats) > 1 else 0.0})
+            path = os.path.join(output_dir, f"lowbit_{model}_{schedule}.png")
+            uniq_tf.plot_tradeoff(points, path, title=f"{model} ({schedule} schedule), digits "
+                                  "5-fold, mean ± std")
+            paths.append(path)
+    return paths
+
+
+def resolution(results: dict) -> float:
+    """Points per test image of one seed (the smallest step an accuracy can take)."""
+    sizes = results["test_images"]
+    return 100.0 / min(sizes.values())
+
+
+# ---------------------------------------------------------------- driver
+
+
+def _parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="one model, 2 seeds, W2A8")
+    parser.add_argument("--output_dir", default=str(ROOT / "outputs" / "bench"))
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--models", default=None)
+    parser.add_argument("--schedules", default=None)
+    parser.add_argument("--methods", default=None)
+    parser.add_argument("--part", default=None, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def configuration(args) -> dict:
+    if args.quick:
+        config = {"models": ["tiny_cnn"], "schedules": ["short"],
+                  "methods": ["uniq", "uniq_paper", "kquantile_ste", "ptq_kquantile"],
+                  "seeds": [0, 1], "bits": [[2, 8]], "float_epochs": 12}
+    else:
+        config = {"models": list(MODELS), "schedules": list(SCHEDULES),
+                  "methods": list(METHODS), "seeds": list(SEEDS),
+                  "bits": [list(b) for b in BITS], "float_epochs": FLOAT_EPOCHS}
+    for key in ("models", "schedules", "methods"):
+        value = getattr(args, key)
+        if value:
+            config[key] = value.split(",")
+    return config
+
+
+def _part_command(part: Part, parts_dir: str) -> list[str]:
+    return [sys.executable, str(Path(__file__).resolve()), f"--output_dir={parts_dir}",
+            f"--part={json.dumps(dataclasses.asdict(part))}"]
+
+
+def _pool(commands: list[list[str]], jobs: int) -> None:
+    waiting, running = list(commands), []
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2")
+    while waiting or running:
+        while waiting and len(running) < jobs:
+            command = waiting.pop(0)
+            print(f"== lowbit part {json.loads(command[-1].split('=', 1)[1])}", flush=True)
+            running.append(subprocess.Popen(command, cwd=ROOT, env=env))
+        time.sleep(0.5)
+        for process in [p for p in running if p.poll() is not None]:
+            running.remove(process)
+            if process.returncode:
+                for other in running:
+                    other.terminate()
+                raise SystemExit(f"lowbit part failed: {process.args[-1]}")
+
+
+def main(argv=None) -> dict:
+    args = _parse_args(argv)
+    output_dir = os.path.abspath(args.output_dir)
+    if args.part:
+        fields = json.loads(args.part)
+        part = Part(**{**fields, "seeds": tuple(fields["seeds"]),
+                       "bits": tuple(tuple(b) for b in fields["bits"])})
+        result = run_part(part, os.path.join(output_dir, "float_models"))
+        if not part.floats_only:
+            common.write_json(os.path.join(
+                output_dir, f"{part.model}_{part.schedule}_{part.method}.json"), result)
+        return result
+    started = time.perf_counter()
+    config = configuration(args)
+    parts_dir = os.path.join(output_dir, "lowbit_parts")
+    parts = [Part(m, s, method, tuple(config["seeds"]), tuple(map(tuple, config["bits"])),
+                  config["float_epochs"], args.quick)
+             for m in config["models"] for s in config["schedules"]
+             for method in config["methods"]]
+    # Float models first (one process per model), so that parts only load them.
+    _pool([_part_command(Part(m, "", "", tuple(config["seeds"]), (),
+                              config["float_epochs"], args.quick, floats_only=True), parts_dir)
+           for m in config["models"]], args.jobs)
+    costly = {"narrow_resnet": 3}
+    parts.sort(key=lambda p: -costly.get(p.model, 1) * (p.method in FINE_TUNED))
+    _pool([_part_command(p, parts_dir) for p in parts], args.jobs)
+    results = merge(config, parts, parts_dir)
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    write_outputs(results, output_dir)
+    return results
+
+
+def merge(config: dict, parts: list[Part], parts_dir: str) -> dict:
+    loaded = [json.loads(Path(parts_dir, f"{p.model}_{p.schedule}_{p.method}.json").read_text(
+        encoding="utf-8")) for p in parts]
+    results = {**config, "runs": [r for part in loaded for r in part["runs"]],
+               "rates": {f"{p['part']['model']}/{p['part']['schedule']}/{p['part']['method']}":
+                         p["rate"] for p in loaded},
+               "sweeps": {f"{p['part']['model']}/{p['part']['schedule']}/{p['part']['method']}":
+                          p["sweep"] for p in loaded},
+               "float": [], "bops": {}, "epochs": {}, "test_images": {}}
+    float_dir = Path(parts_dir, "float_models")
+    for model in config["models"]:
+        for seed in config["seeds"]:
+            metrics = json.loads(Path(float_dir, f"{model}_seed{seed}.json").read_text(
+                encoding="utf-8"))
+            results["float"].append({"model": model, "seed": seed, **metrics})
+            results["test_images"][str(seed)] = len(folds(seed)[3]) * len(SHIFTS)
+        reference = MODELS[model]()
+        results["bops"][model] = {"float": bops.summary(reference).total_bops} | {
+            f"W{w}A{a}": bops.summary(reference, weight_bits=w, activation_bits=a).total_bops
+            for w, a in config["bits"]}
+        for schedule in config["schedules"]:
+            epochs = {r["epochs"] for r in results["runs"]
+                      if r["model"] == model and r["schedule"] == schedule and r["epochs"]}
+            results["epochs"][f"{model}/{schedule}"] = max(epochs) if epochs else 0
+    results["summary"] = summary(results)
+    results["machine"] = common.machine()
+    return results
+
+
+def write_outputs(results: dict, output_dir: str) -> None:
+    common.write_json(os.path.join(output_dir, "lowbit.json"), results)
+    common.write_text(os.path.join(output_dir, "lowbit.md"), tables(results))
+    plot(results, output_dir)
+    print(f"lowbit: {len(results['runs'])} runs; tables in "
+          f"{os.path.join(output_dir, 'lowbit.md')}")
+
+
+if __name__ == "__main__":
+    main()
