@@ -1,17 +1,23 @@
 """``export_tflite``: strip, convert, write to a temporary file, verify in LiteRT, replace.
 
 Verification, on the samples given (or the first representative samples, or uniform random
-inputs in [0, 1]):
+inputs in [0, 1]), against a reference (the stripped Keras model, codebook weights and float
+activations, for float and dynamic; the quantized Keras model, with its fake-quantized
+activations, for int8):
 
-- float: outputs equal the stripped Keras model's (codebook weights, float activations) to
-  ``atol * max(1, max |reference|)``;
-- dynamic / int8: top-1 agreement with the reference (the stripped model for dynamic, the
-  quantized Keras model, with its fake-quantized activations, for int8) is at least
-  ``min_agreement`` (classifier outputs only; the max difference is reported in every mode);
+- every output of the reference and of the file is finite;
+- the max |diff| is within a tolerance: float ``atol * max(1, max |reference|)``; dynamic
+  ``DYNAMIC_RTOL * max(1, max |reference|)``; int8 ``max_steps`` steps of the file's output
+  quantization (its scale), whatever the output is (regression, sigmoid, logits);
+- int8: the samples span at least ``MIN_INPUT_LEVELS`` steps of the file's input quantization
+  and at most ``MAX_INPUT_CLIPPED`` of their values fall outside its range (else the
+  representative data's range is far wider, or narrower, than the samples');
+- classifiers (more than one output unit): top-1 agreement of at least ``min_agreement`` on
+  the rows whose top-2 gap in the reference exceeds the tolerance (a near tie may flip);
 - every quantized kernel is found, holds at most 2^b distinct values per output channel and
   is consistent with its codebook indices (:mod:`tflite_export.kernels`).
 
-A failure raises and leaves any existing file at ``path`` untouched.
+A failure raises and leaves any existing file at ``path`` untouched (no new file either).
 """
 
 from __future__ import annotations
@@ -40,10 +46,15 @@ from uniq_tf import (
     weight_modes,
 )
 from uniq_tf._keras import require_keras2_model
+from uniq_tf.quantize import check_finite_weights
 
 CALIBRATION_SAMPLES = 500
 VERIFY_SAMPLES = 256
 FLOAT_ATOL = 1e-4
+DYNAMIC_RTOL = 0.05
+MAX_STEPS = 8.0  # int8 tolerance, in steps of the file's output quantization
+MIN_INPUT_LEVELS = 32  # of the int8 input's 256 steps the samples must span
+MAX_INPUT_CLIPPED = 0.01  # fraction of the samples' input values the int8 input may clip
 MIN_AGREEMENT = 0.9
 TFMOT_INITIAL_RANGE = (-6.0, 6.0)  # MovingAverageQuantizer's min/max before any data
 
@@ -62,17 +73,28 @@ class ExportReport:
     reference: str
     samples_checked: int
     max_abs_diff: float
+    tolerance: float
+    output_step: float | None  # int8: the scale of the file's quantized output
     top1_agreement: float | None
+    clear_rows: int | None = None  # classifier rows whose reference top-2 gap > tolerance
+    clear_agreement: float | None = None  # top-1 agreement on those rows (the one checked)
+    input_levels: float | None = None  # int8: steps of the file's input the samples span
+    input_clipped: float | None = None  # int8: fraction of sample values outside its range
     kernels: dict[str, kernels.KernelCheck] = field(default_factory=dict)
     activation_ranges: list[RangeUse] = field(default_factory=list)
 
     def summary(self) -> str:
-        agreement = "n/a" if self.top1_agreement is None else f"{100 * self.top1_agreement:.2f}%"
+        agreement = "n/a" if self.top1_agreement is None else (
+            f"{100 * self.top1_agreement:.2f}% ({100 * self.clear_agreement:.2f}% on the "
+            f"{self.clear_rows} rows without a near tie)" if self.clear_rows
+            else f"{100 * self.top1_agreement:.2f}% (every row a near tie)"
+        )
         lines = [
             f"{self.path} [{self.mode}, {self.input_dtype} in / {self.output_dtype} out]: "
             f"{self.size_bytes:,} bytes ({self.gzip_bytes:,} gzipped)",
             f"  checked in {self.runtime} on {self.samples_checked} samples against the "
-            f"{self.reference}: max |diff| {self.max_abs_diff:.3g}, top-1 agreement {agreement}",
+            f"{self.reference}: max |diff| {self.max_abs_diff:.3g} (tolerance "
+            f"{self.tolerance:.3g}), top-1 agreement {agreement}",
         ]
         for check in self.kernels.values():
             if check.tensor is None:
@@ -97,7 +119,7 @@ def _interval(pair: tuple[float, float]) -> str:
     return f"[{pair[0]:.4g}, {pair[1]:.4g}]"
 
 
-def _check_args(mode, ranges, calibration_samples, atol, min_agreement):
+def _check_args(mode, ranges, calibration_samples, atol, max_steps, min_agreement):
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if ranges not in RANGE_SOURCES:
@@ -110,12 +132,15 @@ def _check_args(mode, ranges, calibration_samples, atol, min_agreement):
         )
     if not atol >= 0:
         raise ValueError(f"atol must be >= 0, got {atol!r}")
+    if not 0 < max_steps < float("inf"):
+        raise ValueError(f"max_steps must be a positive number, got {max_steps!r}")
     if not 0 <= min_agreement <= 1:
         raise ValueError(f"min_agreement must be in [0, 1], got {min_agreement!r}")
 
 
 def _check_model(model):
     model = require_keras2_model(model)
+    check_finite_weights(model)
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise ValueError(
             f"export_tflite handles single-input, single-output models; model {model.name!r} "
@@ -124,28 +149,113 @@ def _check_model(model):
     return model
 
 
-def _verify(report: ExportReport, reference: np.ndarray, got: np.ndarray, atol, min_agreement):
-    problems = [
+def _kernel_problems(report: ExportReport) -> list[str]:
+    return [
         f"kernel {c.key!r}: "
         + ("not found in the file" if c.tensor is None else
            f"{c.max_distinct_per_channel} distinct values in a channel (limit {c.limit}), "
            f"consistent with its indices: {c.consistent}")
         for c in report.kernels.values() if not c.ok
     ]
-    bound = atol * max(1.0, float(np.abs(reference).max()))
-    if report.mode == "float" and report.max_abs_diff > bound:
-        problems.append(f"max |diff| {report.max_abs_diff:.3g} exceeds {bound:.3g}")
-    if report.mode != "float" and report.top1_agreement is not None and (
-        report.top1_agreement < min_agreement
-    ):
+
+
+def _verify(report: ExportReport, min_agreement: float, hint: str) -> None:
+    """Raises VerificationError listing every check (module docstring) the file failed."""
+    problems = _kernel_problems(report)
+    if not report.max_abs_diff <= report.tolerance:
+        steps = (
+            "" if report.output_step is None
+            else f" ({report.tolerance / report.output_step:g} steps of the file's output "
+            f"quantization, {report.output_step:.3g})"
+        )
         problems.append(
-            f"top-1 agreement {report.top1_agreement:.4f} is below min_agreement {min_agreement}"
+            f"max |diff| {report.max_abs_diff:.3g} exceeds the tolerance {report.tolerance:.3g}"
+            + steps
+        )
+    if report.input_levels is not None and report.input_levels < MIN_INPUT_LEVELS:
+        problems.append(
+            f"the samples span only {report.input_levels:.1f} of the file's 256 input steps "
+            f"(at least {MIN_INPUT_LEVELS} needed): the representative data's range is far "
+            "wider than the samples' (scaled differently?)"
+        )
+    if report.input_clipped is not None and report.input_clipped > MAX_INPUT_CLIPPED:
+        problems.append(
+            f"{100 * report.input_clipped:.1f}% of the samples' input values lie outside the "
+            f"file's input range (at most {100 * MAX_INPUT_CLIPPED:g}% allowed): the "
+            "representative data's range is narrower than the samples' (scaled differently?)"
+        )
+    if report.clear_agreement is not None and report.clear_agreement < min_agreement:
+        problems.append(
+            f"top-1 agreement {report.clear_agreement:.4f} on the {report.clear_rows} rows "
+            f"whose top-2 gap exceeds the tolerance is below min_agreement {min_agreement}"
         )
     if problems:
         raise VerificationError(
             f"The {report.mode} TFLite file for {report.path!r} failed verification against the "
             f"{report.reference} ({report.samples_checked} samples): " + "; ".join(problems)
-            + ". Nothing was written."
+            + f".{hint} Nothing was written."
+        )
+
+
+def _check_finite_outputs(outputs: np.ndarray, what: str, path, hint: str) -> None:
+    """VerificationError if ``outputs`` (one row per sample) hold NaN or inf."""
+    bad = ~np.isfinite(outputs.reshape(len(outputs), -1)).all(axis=1)
+    if bad.any():
+        raise VerificationError(
+            f"{what} gives non-finite outputs (NaN or inf) on {int(bad.sum())} of {len(bad)} "
+            f"samples (first: {np.flatnonzero(bad)[:5].tolist()}), so the TFLite file for "
+            f"{os.fspath(path)!r} cannot be verified.{hint} Nothing was written."
+        )
+
+
+def _tolerance(mode: str, reference: np.ndarray, output_step: float | None, atol: float,
+               max_steps: float) -> float:
+    """The max |diff| allowed between the file and the reference (module docstring)."""
+    if mode == "int8" and output_step is not None:
+        return max_steps * output_step
+    scale = max(1.0, float(np.abs(reference).max()))
+    return (atol if mode == "float" else DYNAMIC_RTOL) * scale
+
+
+def _agreement(
+    reference: np.ndarray, got: np.ndarray, tolerance: float
+) -> tuple[float | None, int | None, float | None]:
+    """Classifier outputs: (top-1 agreement, number of rows whose reference top-2 gap exceeds
+    ``tolerance``, agreement on those rows or None if there are none); else Nones."""
+    if reference.ndim < 2 or reference.shape[-1] < 2:
+        return None, None, None
+    reference = reference.reshape(-1, reference.shape[-1])
+    same = reference.argmax(-1) == got.reshape(reference.shape).argmax(-1)
+    top2 = np.sort(reference, axis=-1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > tolerance
+    return (
+        float(same.mean()), int(clear.sum()), float(same[clear].mean()) if clear.any() else None
+    )
+
+
+def _input_fit(
+    samples: np.ndarray, quantization: tuple[float, int] | None
+) -> tuple[float | None, float | None]:
+    """(steps of the file's input quantization the samples span, None if they are constant;
+    fraction of sample values more than a step outside its range); (None, None) if the input
+    is not quantized."""
+    if quantization is None or not np.issubdtype(samples.dtype, np.floating):
+        return None, None
+    scale, zero_point = quantization
+    low, high = (-128 - zero_point) * scale, (127 - zero_point) * scale
+    clipped = float(np.mean((samples < low - scale) | (samples > high + scale)))
+    span = float(samples.max() - samples.min())
+    return (span / scale if span > 0 else None), clipped
+
+
+def _check_not_constant(calibration: np.ndarray) -> None:
+    """ValueError for representative data that holds one value only: every range the
+    converter calibrates on it would have zero width."""
+    if calibration.min() == calibration.max():
+        raise ValueError(
+            f"representative_data holds a single value ({calibration.flat[0].item()!r}) in all "
+            f"of its {len(calibration)} samples: the int8 converter would calibrate ranges of zero "
+            "width on it. Pass real inputs, e.g. representative_data=x_train[:500]."
         )
 
 
@@ -172,8 +282,25 @@ def _warn_unfinished(model) -> None:
         )
 
 
+def _uncalibrated(learned: dict[str, tuple[float, float, int]]) -> list[str]:
+    """Activation quantizers whose range is still TFMOT's initial one."""
+    return [name for name, (lo, hi, _) in learned.items() if (lo, hi) == TFMOT_INITIAL_RANGE]
+
+
+def _uncalibrated_hint(mode: str, learned: dict[str, tuple[float, float, int]]) -> str:
+    """What a failed int8 check should say when the model was never calibrated."""
+    untouched = _uncalibrated(learned)
+    if mode != "int8" or not untouched:
+        return ""
+    return (
+        f" The activation ranges of {untouched} were never calibrated (still TFMOT's initial "
+        f"{TFMOT_INITIAL_RANGE}); calibrating first with uniq_tf.calibrate_activations(model, "
+        "data) would likely make the file and the Keras model agree."
+    )
+
+
 def _warn_uncalibrated(learned: dict[str, tuple[float, float, int]]) -> None:
-    untouched = [name for name, (lo, hi, _) in learned.items() if (lo, hi) == TFMOT_INITIAL_RANGE]
+    untouched = _uncalibrated(learned)
     if untouched:
         warnings.warn(
             f"Activation ranges of {untouched} are still TFMOT's initial {TFMOT_INITIAL_RANGE}: "
@@ -214,6 +341,7 @@ def export_tflite(
     ranges: str = "learned",
     calibration_samples: int = CALIBRATION_SAMPLES,
     atol: float = FLOAT_ATOL,
+    max_steps: float = MAX_STEPS,
     min_agreement: float = MIN_AGREEMENT,
 ) -> ExportReport:
     """Writes ``model`` (a UNIQ-quantized tf_keras model) as a verified TFLite file.
@@ -240,10 +368,11 @@ def export_tflite(
             where the model has them (the representative data calibrates the other tensors:
             the input, the logits); "calibrated" uses the converter's calibration everywhere.
         atol: float mode tolerance, relative to max(1, max |output|).
-        min_agreement: minimal top-1 agreement in "dynamic" and "int8" modes.
+        max_steps: int8 mode tolerance, in steps of the file's output quantization.
+        min_agreement: minimal top-1 agreement (classifiers, rows without a near tie).
     """
     model = _check_model(model)
-    _check_args(mode, ranges, calibration_samples, atol, min_agreement)
+    _check_args(mode, ranges, calibration_samples, atol, max_steps, min_agreement)
     if mode == "int8" and representative_data is None:
         raise ValueError(
             "mode='int8' needs representative_data: the converter calibrates the ranges of the "
@@ -255,6 +384,8 @@ def export_tflite(
         None if representative_data is None
         else as_samples(representative_data, model, calibration_samples)
     )
+    if calibration is not None and mode == "int8":
+        _check_not_constant(calibration)
     checked = _verification_samples(model, samples, calibration)
     plain, codebooks, learned, reference_model, reference = _plan(model, mode, ranges)
     content, range_uses = convert(
@@ -263,13 +394,18 @@ def export_tflite(
     if mode == "int8" and ranges == "calibrated" and learned:
         range_uses = ranges_in_file(content, learned)
 
+    hint = _uncalibrated_hint(mode, learned)
     expected = reference_model.predict(checked, verbose=0, batch_size=VERIFY_SAMPLES)
+    _check_finite_outputs(expected, f"The {reference}", path, hint)
     with atomic_output(path) as temp:
         write_bytes(temp, content)
-        got = runtime.predict(temp, checked)
+        got = _run(temp, checked, mode, path, hint)
+        _check_finite_outputs(got, f"The {mode} TFLite file", path, hint)
+        input_quantization, output_step = runtime.io_quantization(temp)
+        input_levels, input_clipped = _input_fit(checked, input_quantization)
         input_dtype, output_dtype = runtime.io_types(temp)
-        classifier = expected.ndim > 1 and expected.shape[-1] > 1
-        agreement = float(np.mean(got.argmax(-1) == expected.argmax(-1))) if classifier else None
+        tolerance = _tolerance(mode, expected, output_step, atol, max_steps)
+        agreement, clear_rows, clear_agreement = _agreement(expected, got, tolerance)
         report = ExportReport(
             path=os.fspath(path),
             mode=mode,
@@ -281,9 +417,26 @@ def export_tflite(
             reference=reference,
             samples_checked=len(checked),
             max_abs_diff=float(np.abs(got - expected).max()),
+            tolerance=tolerance,
+            output_step=output_step if mode == "int8" else None,
             top1_agreement=agreement,
+            clear_rows=clear_rows,
+            clear_agreement=clear_agreement,
+            input_levels=input_levels,
+            input_clipped=input_clipped,
             kernels=kernels.check_kernels(temp, codebooks),
             activation_ranges=range_uses,
         )
-        _verify(report, expected, got, atol, min_agreement)
+        _verify(report, min_agreement, hint)
     return report
+
+
+def _run(path, samples: np.ndarray, mode: str, final_path, hint: str) -> np.ndarray:
+    """The file's outputs on ``samples``; a LiteRT failure becomes a VerificationError."""
+    try:
+        return runtime.predict(path, samples)
+    except (RuntimeError, ValueError) as error:
+        raise VerificationError(
+            f"LiteRT cannot run the {mode} TFLite file for {os.fspath(final_path)!r} on the "
+            f"samples: {str(error).rstrip('.')}.{hint} Nothing was written."
+        ) from error

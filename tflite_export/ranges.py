@@ -23,6 +23,7 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
+from tensorflow.lite.python import schema_py_generated as schema
 from tensorflow.lite.python.convert import mlir_quantize
 from tensorflow.lite.tools import flatbuffer_utils
 
@@ -69,6 +70,27 @@ def _layer_outputs(ops, candidates: set[int]) -> set[int]:
     return {t for t in candidates if not feeds.get(t, set()) & candidates}
 
 
+_UNFUSED_ACTIVATIONS = {
+    getattr(schema.BuiltinOperator, name)
+    for name in ("LOGISTIC", "TANH", "SOFTMAX", "LOG_SOFTMAX", "ELU", "GELU", "HARD_SWISH")
+}
+
+
+def _pre_activations(model, candidates: set[int]) -> set[int]:
+    """Candidates an unfused activation op (sigmoid, tanh, ...) turns into a tensor outside
+    the candidates: the layer's pre-activation, when its activated output is the model output
+    (which the converter names "StatefulPartitionedCall:0", not after the layer)."""
+    subgraph = model.subgraphs[0]
+    out = set()
+    for op in subgraph.operators:
+        code = model.operatorCodes[op.opcodeIndex]
+        if max(code.builtinCode, code.deprecatedBuiltinCode) not in _UNFUSED_ACTIVATIONS:
+            continue
+        if not {int(o) for o in op.outputs} & candidates:
+            out.update(int(i) for i in op.inputs)
+    return out & candidates
+
+
 def override_ranges(calibrated: bytes, learned: dict[str, tuple[float, float, int]]):
     """Writes the learned ranges into a calibrated float model; returns (bytes, [RangeUse])."""
     model = flatbuffer_utils.convert_bytearray_to_object(calibrated)
@@ -81,7 +103,8 @@ def override_ranges(calibrated: bytes, learned: dict[str, tuple[float, float, in
     names = {i: t.name.decode() for i, t in with_stats.items()}
     uses = []
     for layer, (lo, hi, bits) in learned.items():
-        found = _layer_outputs(ops, {i for i, n in names.items() if names_layer(n, layer)})
+        candidates = {i for i, n in names.items() if names_layer(n, layer)}
+        found = _layer_outputs(ops, candidates) - _pre_activations(model, candidates)
         if not found:
             uses.append(RangeUse(layer, bits, (lo, hi), None, "not found", None))
             continue

@@ -68,6 +68,28 @@ def constant_tensors(interpreter: Interpreter) -> dict[str, dict]:
     return out
 
 
+def io_quantization(model: ModelSource) -> tuple[tuple[float, int] | None, float | None]:
+    """((scale, zero point) of the file's quantized input, scale of its quantized output).
+
+    With int8 I/O these are the I/O tensors' own; with float I/O, those of the QUANTIZE op's
+    output after the input and of the DEQUANTIZE op's input before the output. None where
+    that side is not quantized (float and dynamic files, integer inputs).
+    """
+    interpreter = load(model)
+    params = {d["index"]: d["quantization"] for d in interpreter.get_tensor_details()}
+    ops = interpreter._get_ops_details()
+    entry = interpreter.get_input_details()[0]["index"]
+    exit_ = interpreter.get_output_details()[0]["index"]
+    if not params[entry][0]:
+        entry = next((op["outputs"][0] for op in ops
+                      if op["op_name"] == "QUANTIZE" and entry in op["inputs"]), entry)
+    if not params[exit_][0]:
+        exit_ = next((op["inputs"][0] for op in ops
+                      if op["op_name"] == "DEQUANTIZE" and exit_ in op["outputs"]), exit_)
+    scale, zero_point = params[entry]
+    return ((float(scale), int(zero_point)) if scale else None), (float(params[exit_][0]) or None)
+
+
 def _quantize_input(x: np.ndarray, detail: dict) -> np.ndarray:
     scale, zero_point = detail["quantization"]
     if detail["dtype"] == np.float32 or scale == 0:
@@ -85,9 +107,12 @@ def _dequantize_output(y: np.ndarray, detail: dict) -> np.ndarray:
 
 
 def predict(model: ModelSource | Interpreter, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """The float outputs of a single-input, single-output TFLite model on float inputs ``x``."""
+    """The float outputs of a single-input, single-output TFLite model on inputs ``x`` (float;
+    integer arrays stay integer for integer inputs such as token ids)."""
     interpreter = model if isinstance(model, Interpreter) else load(model)
-    x = np.asarray(x, dtype=np.float32)
+    x = np.asarray(x)
+    if not np.issubdtype(x.dtype, np.integer):
+        x = x.astype(np.float32)
     outputs = []
     current = None
     for start in range(0, len(x), batch_size):

@@ -1,4 +1,5 @@
-"""Turning the user's representative data into a float32 array of single samples."""
+"""Turning the user's representative data into an array of single samples: float32, or the
+model's integer dtype for integer inputs (token ids), every value finite."""
 
 from __future__ import annotations
 
@@ -11,6 +12,25 @@ RANDOM_SAMPLES = 32
 
 def _input_shape(model) -> tuple:
     return tuple(model.inputs[0].shape[1:])
+
+
+def input_dtype(model) -> np.dtype:
+    """The dtype samples of ``model`` are given in: its integer input dtype, else float32."""
+    dtype = np.dtype(model.inputs[0].dtype.as_numpy_dtype)
+    return dtype if np.issubdtype(dtype, np.integer) else np.dtype(np.float32)
+
+
+def check_finite(samples: np.ndarray, what: str) -> np.ndarray:
+    """``samples``, or ValueError saying how many values (in which samples) are NaN or inf."""
+    bad = ~np.isfinite(samples.reshape(len(samples), -1)).all(axis=1)
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        raise ValueError(
+            f"{what} holds non-finite values (NaN or inf) in {len(rows)} of {len(samples)} "
+            f"samples (first: {rows[:5].tolist()}); calibrating or verifying on them means "
+            "nothing. Pass finite inputs."
+        )
+    return samples
 
 
 def _batches(data):
@@ -31,21 +51,21 @@ def as_samples(
     data, model, limit: int | None = None, what: str = "representative_data"
 ) -> np.ndarray:
     """Up to ``limit`` (default all) input samples of ``model`` from ``data``, (N, *input_shape)."""
-    shape = _input_shape(model)
+    shape, dtype = _input_shape(model), input_dtype(model)
     taken, count = [], 0
     try:
-        for batch in _batches(data):
-            batch = batch[None] if batch.ndim == len(shape) else batch
+        for given in _batches(data):
+            batch = given[None] if given.ndim == len(shape) else given
             fits = batch.ndim == len(shape) + 1 and all(
                 want is None or got == want
                 for got, want in zip(batch.shape[1:], shape, strict=True)
             )
             if not fits:
                 raise ValueError(
-                    f"{what}: a batch of shape {batch.shape} does not fit model input "
+                    f"{what}: a batch of shape {given.shape} does not fit model input "
                     f"(None, {', '.join(str(s) for s in shape)})."
                 )
-            taken.append(batch[: None if limit is None else limit - count].astype(np.float32))
+            taken.append(batch[: None if limit is None else limit - count].astype(dtype))
             count += len(taken[-1])
             if limit is not None and count >= limit:
                 break
@@ -56,7 +76,7 @@ def as_samples(
         ) from error
     if count == 0:
         raise ValueError(f"{what} holds no samples.")
-    return np.concatenate(taken, axis=0)
+    return check_finite(np.concatenate(taken, axis=0), what)
 
 
 def random_samples(model, count: int = RANDOM_SAMPLES, seed: int = 0) -> np.ndarray:

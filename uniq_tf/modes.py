@@ -22,6 +22,8 @@ from uniq_tf.quantize import (
 )
 from uniq_tf.quantizers import ActMode, Mode
 
+CALIBRATION_BATCH = 32
+
 
 def _select(model, layers: Iterable[str] | None) -> list:
     found = wrappers(model)
@@ -69,13 +71,22 @@ def activation_modes(model) -> dict[str, ActMode]:
     return out
 
 
+def _batches(data):
+    """``data`` as an iterable of batches: an array or tensor is inputs batched along axis 0,
+    split into batches of ``CALIBRATION_BATCH``; anything else is iterated as it is."""
+    if isinstance(data, (np.ndarray, tf.Tensor)):
+        return (data[i : i + CALIBRATION_BATCH] for i in range(0, len(data), CALIBRATION_BATCH))
+    return data
+
+
 def calibrate_activations(model, data, steps: int | None = None, verbose: bool = True) -> dict:
     """Sets every activation quantizer's range to the min/max seen on ``data``.
 
     TFMOT's moving-average quantizer starts at [-6, 6] and moves with decay 0.999, too slowly
     for a short fine-tune at low bit widths; calibrating first starts it at the data's range.
-    ``data``: a tf.data.Dataset or an iterable of input batches (or (x, y) pairs).
-    Returns layer name -> (min, max).
+    ``data``: an array of inputs (N, *input_shape), run in batches of ``CALIBRATION_BATCH``;
+    or a tf.data.Dataset or an iterable of input batches (or (x, y) pairs). ``steps`` counts
+    batches. Returns layer name -> (min, max).
     """
     bad_steps = isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1
     if steps is not None and bad_steps:
@@ -92,7 +103,7 @@ def calibrate_activations(model, data, steps: int | None = None, verbose: bool =
     def run(x):
         return model(x, training=False)
 
-    iterator = iter(data)
+    iterator = iter(_batches(data))
     bar = tqdm(total=steps, desc="calibrating activations", disable=not verbose)
     count = 0
     for batch in iterator:

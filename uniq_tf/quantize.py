@@ -63,6 +63,22 @@ def flatten_layers(model) -> list:
     return out
 
 
+def check_finite_weights(model) -> None:
+    """Raises ValueError naming every layer of ``model`` whose float weights hold NaN or inf."""
+    bad = [
+        f"{layer.name!r} ({weight.name})"
+        for layer in flatten_layers(model)
+        for weight in layer.weights
+        if weight.dtype.is_floating and not np.isfinite(weight.numpy()).all()
+    ]
+    if bad:
+        raise ValueError(
+            f"Model {model.name!r} has non-finite weights (NaN or inf) in layer(s) "
+            f"{', '.join(bad)}; their codebooks and outputs would be NaN. Restore them from a "
+            "good checkpoint (or retrain: training diverged) before quantizing or exporting."
+        )
+
+
 def _plan(
     model, weight_bits, activation_bits, layer_bits, skip_layers, per_channel, distribution,
     noise_scale, noise,
@@ -216,6 +232,7 @@ def quantize_model(
     for layer in model.layers:
         if _is_nested_model(layer):
             _check_graph_model(layer, f"nested model {layer.name!r}")
+    check_finite_weights(model)
     weight_bits = _check_bits(weight_bits, WEIGHT_BITS_RANGE, "weight_bits")
     activation_bits = _check_bits(activation_bits, ACTIVATION_BITS_RANGE, "activation_bits")
     if distribution not in kquantile.DISTRIBUTIONS:
@@ -229,6 +246,11 @@ def quantize_model(
         HIGH_NOISE_SCALE if high_noise else 1.0, noise,
     )
     if not any(isinstance(c, KernelQuantizeConfig) for c in plan.values()):
+        if is_quantized_model(model):
+            raise ValueError(
+                f"Model {model.name!r} is already quantized (it holds UNIQ QuantizeWrapperV2 "
+                "layers); quantize the float model once, or keep training this one."
+            )
         raise ValueError(
             f"Model {model.name!r} has no layer UNIQ can quantize (supported: "
             f"{', '.join(t.__name__ for t in registry.KERNEL_CHANNEL_AXES)}), after skip_layers."
@@ -343,6 +365,7 @@ def _codebook_key(wrapper, attr) -> str:
 def get_codebooks(model) -> dict[str, Codebook]:
     """Per quantized kernel (key: layer name, or "layer/attribute" for SeparableConv2D)."""
     model = require_keras2_model(model)
+    check_finite_weights(model)
     out = {}
     for wrapper in kernel_wrappers(model):
         for attr, quantizer, _ in weight_quantizers(wrapper):

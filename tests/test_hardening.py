@@ -1,0 +1,229 @@
+"""Issue 17: exports never pass a wrong file, and bad input gets a clear error.
+
+Small models only (a 6-16-1 regression MLP, a sigmoid MLP, a tiny conv net): every export here
+takes about a second.
+"""
+
+import os
+
+import numpy as np
+import pytest
+
+import tflite_export
+import uniq_tf
+from tflite_export import export as export_module
+from uniq_tf import atomic
+from uniq_tf._keras import keras, tf
+from uniq_tf.quantize import float_kernel
+
+L = keras.layers
+
+
+def _inputs(count=64, width=6, scale=10.0, seed=0):
+    return (np.random.default_rng(seed).uniform(0, 1, (count, width)) * scale).astype("float32")
+
+
+def mlp(activation=None):
+    """6 -> 16 (ReLU) -> 1: a regression (activation None) or a sigmoid classifier."""
+    inp = keras.Input((6,))
+    hidden = L.Dense(16, activation="relu", name="hidden")(inp)
+    return keras.Model(inp, L.Dense(1, activation=activation, name="out")(hidden), name="mlp")
+
+
+def calibrated(model, x):
+    quantized = uniq_tf.quantize_model(model, weight_bits=4, activation_bits=8)
+    uniq_tf.calibrate_activations(quantized, [x], verbose=False)
+    return quantized
+
+
+def conv_net(classes=10, name="conv"):
+    inp = keras.Input((8, 8, 1))
+    x = L.Conv2D(8, 3, activation="relu", name="conv")(inp)
+    x = L.GlobalAveragePooling2D(name="gap")(x)
+    return keras.Model(inp, L.Dense(classes, activation="softmax", name="fc")(x), name=name)
+
+
+def _nothing_written(directory):
+    return not [p for p in os.listdir(directory)
+                if p.endswith(".tflite") or atomic.TEMP_NAME.fullmatch(p)]
+
+
+# ---------------------------------------------------------------- 1. int8 numeric check
+
+
+def test_int8_regression_is_checked_against_the_output_step(tmp_path):
+    x = _inputs()
+    quantized = calibrated(mlp(), x)
+    path = tmp_path / "r.tflite"
+    # representative data 100x too small: the input and output ranges clip (off by ~6)
+    with pytest.raises(tflite_export.VerificationError, match=r"max \|diff\| .* exceeds") as err:
+        tflite_export.export_tflite(quantized, path, "int8", x / 100, samples=x)
+    assert "outside the file's input range" in str(err.value)
+    # 100x too large: the input keeps 2 or 3 of its 256 steps
+    with pytest.raises(tflite_export.VerificationError, match=r"span only .* input steps"):
+        tflite_export.export_tflite(quantized, path, "int8", x * 100, samples=x)
+    assert _nothing_written(tmp_path)
+    report = tflite_export.export_tflite(quantized, path, "int8", x, samples=x)
+    got = tflite_export.predict(path, x)
+    want = quantized.predict(x, verbose=0)
+    assert report.output_step > 0
+    assert report.tolerance == pytest.approx(export_module.MAX_STEPS * report.output_step)
+    assert np.abs(got - want).max() == pytest.approx(report.max_abs_diff)
+    assert report.max_abs_diff <= report.tolerance
+
+
+def test_int8_sigmoid_output_is_right_or_refused(tmp_path):
+    x = _inputs()
+    quantized = calibrated(mlp("sigmoid"), x)
+    path = tmp_path / "s.tflite"
+    tflite_export.export_tflite(quantized, path, "int8", x, samples=x)
+    got = tflite_export.predict(path, x)
+    # the learned range of the sigmoid output was written onto its pre-activation (a file that
+    # said sigmoid(1) = 0.73 for every input); it now belongs to the sigmoid output only
+    assert np.abs(got - quantized.predict(x, verbose=0)).max() <= 8 / 256
+    assert got.std() > 0.01
+    path.unlink()
+    with pytest.raises(tflite_export.VerificationError, match="exceeds the tolerance"):
+        tflite_export.export_tflite(quantized, path, "int8", x / 100, samples=x)
+    assert _nothing_written(tmp_path)
+
+
+# ---------------------------------------------------------------- 5. near ties, uncalibrated
+
+
+def near_tie_classifier():
+    """Softmax outputs within 1e-3 of each other: an int8 output step (1/256) erases the order."""
+    model = conv_net()
+    kernel, bias = model.get_layer("fc").get_weights()
+    model.get_layer("fc").set_weights([kernel * 1e-3, bias])
+    return model
+
+
+def test_near_ties_do_not_fail_the_agreement_check(tmp_path):
+    x = np.random.default_rng(0).uniform(0, 1, (64, 8, 8, 1)).astype("float32")
+    quantized = uniq_tf.quantize_model(near_tie_classifier())
+    uniq_tf.calibrate_activations(quantized, [x], verbose=False)
+    report = tflite_export.export_tflite(quantized, tmp_path / "t.tflite", "int8", x)
+    assert report.top1_agreement < export_module.MIN_AGREEMENT  # the old check refused it
+    assert report.clear_rows == 0 and report.clear_agreement is None
+    assert report.max_abs_diff <= report.output_step
+
+
+def test_uncalibrated_failure_says_calibrating_would_help(tmp_path):
+    x = np.random.default_rng(0).uniform(0, 1, (32, 8, 8, 1)).astype("float32")
+    quantized = uniq_tf.quantize_model(conv_net())
+    with pytest.warns(UserWarning, match="never calibrated"), pytest.raises(
+        tflite_export.VerificationError, match=r"calibrate_activations\(model, data\)"
+    ):
+        tflite_export.export_tflite(quantized, tmp_path / "u.tflite", "int8", x * 100, samples=x)
+    assert _nothing_written(tmp_path)
+
+
+# ---------------------------------------------------------------- 2. non-finite data
+
+
+def test_non_finite_data_and_outputs_are_errors(tmp_path):
+    quantized = uniq_tf.quantize_model(conv_net())
+    nan = np.full((8, 8, 8, 1), np.nan, "float32")
+    good = np.random.default_rng(0).uniform(0, 1, (8, 8, 8, 1)).astype("float32")
+    with pytest.raises(ValueError, match=r"representative_data holds non-finite .* 8 of 8"):
+        tflite_export.export_tflite(quantized, tmp_path / "n.tflite", "int8", nan)
+    good_then_inf = good.copy()
+    good_then_inf[3, 0, 0, 0] = np.inf
+    with pytest.raises(ValueError, match=r"samples holds non-finite .* 1 of 8 .*\[3\]"):
+        tflite_export.export_tflite(quantized, tmp_path / "n.tflite", samples=good_then_inf)
+    inp = keras.Input((4,))
+    log = L.Lambda(lambda t: tf.math.log(t), name="log")(L.Dense(3, name="fc")(inp))
+    negative = uniq_tf.quantize_model(keras.Model(inp, log))
+    with pytest.raises(tflite_export.VerificationError, match="non-finite outputs"):
+        tflite_export.export_tflite(negative, tmp_path / "n.tflite", samples=good[:, :4, 0, 0])
+    assert _nothing_written(tmp_path)
+
+
+# ---------------------------------------------------------------- 3. non-finite weights
+
+
+def test_non_finite_weights_are_named(tmp_path):
+    model = mlp()
+    kernel, bias = model.get_layer("hidden").get_weights()
+    kernel[0, 0] = np.nan
+    model.get_layer("hidden").set_weights([kernel, bias])
+    with pytest.raises(ValueError, match=r"non-finite weights .* 'hidden' \(hidden/kernel"):
+        uniq_tf.quantize_model(model)
+    quantized = uniq_tf.quantize_model(mlp())
+    variable = float_kernel(quantized.get_layer("out"))
+    variable.assign(tf.fill(variable.shape, np.inf))
+    for call in (
+        lambda: uniq_tf.get_codebooks(quantized),
+        lambda: tflite_export.export_tflite(quantized, tmp_path / "w.tflite"),
+    ):
+        with pytest.raises(ValueError, match=r"non-finite weights .* 'out' \(out/kernel"):
+            call()
+    assert os.listdir(tmp_path) == []
+
+
+def test_non_finite_weights_are_named_by_the_finn_export(tmp_path):
+    fpga_export = pytest.importorskip("fpga_export")
+    inp = keras.Input((4, 4, 1))
+    flat = L.Flatten()(L.Conv2D(2, 3, activation="relu", name="conv")(inp))
+    quantized = uniq_tf.quantize_model(keras.Model(inp, L.Dense(2, name="fc")(flat)))
+    variable = float_kernel(quantized.get_layer("conv"))
+    variable.assign(tf.fill(variable.shape, np.nan))
+    with pytest.raises(ValueError, match=r"non-finite weights .* 'conv' \(conv/kernel"):
+        fpga_export.export_finn(quantized, tmp_path / "bundle")
+    assert os.listdir(tmp_path) == []
+
+
+# ---------------------------------------------------------------- 4. calibration on an array
+
+
+def test_calibrating_on_an_array_batches_it():
+    x = np.random.default_rng(0).uniform(0, 1, (80, 8, 8, 1)).astype("float32")
+    quantized = uniq_tf.quantize_model(conv_net())
+    from_batches = uniq_tf.calibrate_activations(
+        quantized, [x[i : i + 32] for i in range(0, 80, 32)], verbose=False
+    )
+    from_array = uniq_tf.calibrate_activations(quantized, x, verbose=False)
+    assert from_array == from_batches
+    assert from_array["conv"][1] > 0.1
+
+
+# ---------------------------------------------------------------- 8. constant data, LiteRT
+
+
+def test_constant_representative_data_is_refused_before_converting(tmp_path):
+    quantized = uniq_tf.quantize_model(mlp("sigmoid"))
+    with pytest.raises(ValueError, match=r"single value \(0\.0\) in all of its 8 samples"):
+        tflite_export.export_tflite(quantized, tmp_path / "z.tflite", "int8",
+                                    np.zeros((8, 6), "float32"))
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_file_litert_cannot_run_is_a_verification_error(tmp_path, monkeypatch):
+    def fail(path, x):
+        raise RuntimeError("Node number 3 (TfLiteXNNPackDelegate) failed to prepare.")
+
+    monkeypatch.setattr(export_module.runtime, "predict", fail)
+    quantized = uniq_tf.quantize_model(mlp())
+    with pytest.raises(tflite_export.VerificationError, match="LiteRT cannot run .* prepare\\. "):
+        tflite_export.export_tflite(quantized, tmp_path / "r.tflite", samples=_inputs(8))
+    assert os.listdir(tmp_path) == []
+
+
+# ---------------------------------------------------------------- 9. quantizing twice
+
+
+def test_quantizing_a_quantized_model_says_so():
+    quantized = uniq_tf.quantize_model(mlp())
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match="is already quantized"):
+        uniq_tf.quantize_model(quantized)
+
+
+# ---------------------------------------------------------------- 15. shapes in errors
+
+
+def test_a_batch_that_does_not_fit_is_reported_with_its_own_shape(tmp_path):
+    quantized = uniq_tf.quantize_model(conv_net())
+    with pytest.raises(ValueError, match=r"a batch of shape \(4, 8, 8\) does not fit"):
+        tflite_export.export_tflite(quantized, tmp_path / "m.tflite", "int8",
+                                    np.zeros((4, 8, 8), "float32"))
