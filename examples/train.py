@@ -48,6 +48,7 @@ if not __package__:  # run as a script: make examples/training importable as in 
 from examples.training.config import (  # noqa: E402
     LR_SCHEDULES,
     OPTIMIZERS,
+    PRESETS,
     STRATEGIES,
     TrainConfig,
     validate_config,
@@ -61,7 +62,7 @@ from examples.training.resume import (  # noqa: E402
 )
 from examples.training.strategy import make_strategy, parse_tf_config  # noqa: E402
 from uniq_tf import data, models  # noqa: E402
-from uniq_tf.kquantile import DISTRIBUTIONS  # noqa: E402
+from uniq_tf.kquantile import DISTRIBUTIONS, NOISE_MODELS  # noqa: E402
 
 # What callers (tests, benchmarks) import from here.
 __all__ = [
@@ -88,12 +89,20 @@ def _define_flags():
     flags.DEFINE_bool("per_channel", d.per_channel, "Per-output-channel codebooks.")
     flags.DEFINE_enum("distribution", d.distribution, list(DISTRIBUTIONS), "Fitted CDF.")
     flags.DEFINE_bool("high_noise", d.high_noise, "Noise of +-1/k instead of +-1/(2k).")
+    flags.DEFINE_enum("noise", d.noise, list(NOISE_MODELS), "Training noise model "
+                      "(docs/method.md section 9); paper = the paper's.")
     flags.DEFINE_string("stages", str(d.stages), '"layer", a number of stages, or explicit '
                         'groups "conv1,conv2;fc".')
     flags.DEFINE_integer("float_epochs", d.float_epochs, "Float training epochs.")
     flags.DEFINE_integer("warmup_epochs", d.warmup_epochs, "UNIQ warm-up epochs (all float).")
     flags.DEFINE_integer("epochs_per_stage", d.epochs_per_stage, "Epochs per UNIQ stage.")
     flags.DEFINE_integer("final_epochs", d.final_epochs, "Epochs after the last stage.")
+    flags.DEFINE_integer("first_stage_epochs", d.first_stage_epochs, "Epochs of the first "
+                         "stage (0: epochs_per_stage).")
+    flags.DEFINE_integer("polish_epochs", d.polish_epochs, "Last epochs of each stage trained "
+                         "hard with a straight-through gradient instead of noise (0: the paper).")
+    flags.DEFINE_enum("preset", d.preset, list(PRESETS), 'Recipe: "reference" = SGD momentum '
+                      "0.9, weight decay 5e-4, step rate, first stage 2x (overrides those flags).")
     flags.DEFINE_enum("optimizer", d.optimizer, list(OPTIMIZERS), "Optimizer.")
     flags.DEFINE_float("learning_rate", d.learning_rate, "Float training learning rate.")
     flags.DEFINE_float("uniq_learning_rate", d.uniq_learning_rate, "UNIQ fine-tune learning "

@@ -88,6 +88,33 @@ def test_digits_end_to_end(tmp_path):
     assert again["uniq_stage_per_epoch"] == [0]
 
 
+def test_reference_preset_with_clipped_noise_and_polish(tmp_path, monkeypatch):
+    compiled = []
+    real_compile = pipeline.compile_model
+
+    def spy(cfg, model, rate, total_steps, final_steps=0):
+        real_compile(cfg, model, rate, total_steps, final_steps)
+        compiled.append(model.optimizer)
+
+    monkeypatch.setattr(pipeline, "compile_model", spy)
+    summary = train.run(config(tmp_path, float_epochs=2, epochs_per_stage=2, preset="reference",
+                               noise="clipped", polish_epochs=1, max_steps_per_epoch=4))
+    # First stage twice as long (4 epochs), then 2, then 1 final: 7 epochs.
+    assert summary["uniq_stage_per_epoch"] == [0, 0, 0, 0, 1, 1, 2]
+    assert summary["epochs"]["first_stage"] == 4 and summary["epochs"]["polish"] == 1
+    optimizer = compiled[-1]
+    assert isinstance(optimizer, keras.optimizers.SGD)
+    assert optimizer.momentum == 0.9 and optimizer.weight_decay == pytest.approx(5e-4)
+    # The step schedule ends at a tenth of the preset's rate (cosine would end near 0).
+    assert float(optimizer.learning_rate) == pytest.approx(1e-3)
+    with uniq_tf.quantize_scope():
+        loaded = keras.models.load_model(tmp_path / "out" / "quantized_model.h5", compile=False)
+    from uniq_tf.quantize import kernel_wrappers, weight_quantizers
+
+    assert {q.noise for w in kernel_wrappers(loaded) for _, q, _ in weight_quantizers(w)} == {
+        "clipped"}
+
+
 @pytest.mark.parametrize(
     "dataset, stages, expected_stages",
     [("cifar10", "layer", 4), ("imagenette", "conv1,conv2;conv3,fc", 2)],
@@ -131,6 +158,9 @@ BAD_FLAGS = [
     ({"stages": "conv1,conv2;conv3"}, r"stages leave out the quantized kernel layers \['fc'\]"),
     ({"stages": "conv1;relu1"}, r"stages name \['relu1'\], which are not quantized kernel"),
     ({"pretrained": "imagenet"}, r'pretrained="imagenet" is available for'),
+    ({"noise": "wide"}, r"Unknown noise 'wide'; allowed: \['paper', 'clipped', 'bin_matched'\]"),
+    ({"preset": "fast"}, r"Unknown preset 'fast'; allowed: \['', 'reference'\]"),
+    ({"polish_epochs": 1}, r"polish_epochs must be less than every stage's length \(1\)"),
     ({"pretrained": "/no/such/weights.h5"}, r"pretrained weights file .* does not exist"),
     ({"dataset": "cifar10", "data_dir": "EMPTY"}, r"No prepared 'cifar10' data .*tfds build"),
 ]

@@ -12,11 +12,17 @@ import numpy as np
 
 from examples.training.strategy import parse_tf_config
 from uniq_tf import data, models
-from uniq_tf.kquantile import DISTRIBUTIONS
+from uniq_tf.kquantile import DISTRIBUTIONS, NOISE_MODELS
 from uniq_tf.quantize import ACTIVATION_BITS_RANGE, WEIGHT_BITS_RANGE
 
 OPTIMIZERS = ("sgd", "adam")
-LR_SCHEDULES = ("constant", "cosine")
+LR_SCHEDULES = ("constant", "cosine", "step")
+PRESETS = ("", "reference")
+# The reference code's recipe (docs/method.md section 3), scaled to a fine-tune: SGD with
+# momentum and weight decay, a first stage twice as long, a constant rate that drops 10x only
+# for the final epochs. Its learning rate is the best of bench/lowbit.py's sweep.
+REFERENCE_PRESET = {"optimizer": "sgd", "momentum": 0.9, "weight_decay": 5e-4,
+                    "lr_schedule": "step", "uniq_learning_rate": 1e-2}
 STRATEGIES = ("default", "mirrored", "multi_worker")
 APPLICATION_MODELS = ("resnet50", "mobilenet_v1")  # the builders that accept weights="imagenet"
 
@@ -29,6 +35,10 @@ class TrainConfig:
         name -> (w, a). stages: "layer", an int (or its string), "a,b;c,d" (explicit stages of
         kernel layer names), or a list of lists. skip_layers: "a,b" or a sequence of names.
         strategy: one of STRATEGIES; batch_size is the global batch (all replicas together).
+        noise: one of uniq_tf.kquantile.NOISE_MODELS. polish_epochs, first_stage_epochs: see
+        GradualQuantization (first_stage_epochs 0: epochs_per_stage). lr_schedule "step":
+        constant, then a tenth for the final epochs. preset "reference": the fields of
+        REFERENCE_PRESET and a first stage of 2 x epochs_per_stage, over what is set here.
     """
 
     model: str = "small_cnn"
@@ -43,11 +53,15 @@ class TrainConfig:
     per_channel: bool = False
     distribution: str = "gaussian"
     high_noise: bool = False
+    noise: str = "paper"
     stages: str | int | list = "layer"
     float_epochs: int = 15
     warmup_epochs: int = 0
     epochs_per_stage: int = 2
     final_epochs: int = 2
+    first_stage_epochs: int = 0
+    polish_epochs: int = 0
+    preset: str = ""
     optimizer: str = "adam"
     learning_rate: float = 3e-3
     uniq_learning_rate: float = 3e-4
@@ -111,6 +125,16 @@ def parse_names(value: str | Sequence[str]) -> tuple[str, ...]:
     return tuple(value)
 
 
+def apply_preset(config: TrainConfig) -> TrainConfig:
+    """``config`` with its preset's settings (unchanged without a preset)."""
+    if config.preset != "reference":
+        return config
+    return dataclasses.replace(
+        config, **REFERENCE_PRESET,
+        first_stage_epochs=config.first_stage_epochs or 2 * config.epochs_per_stage,
+    )
+
+
 def _check_int(config, field: str, minimum: int, maximum: int | None = None) -> None:
     value = getattr(config, field)
     bad = isinstance(value, bool) or not isinstance(value, (int, np.integer))
@@ -132,11 +156,13 @@ def validate_config(config: TrainConfig) -> None:
     _check_choice(config, "optimizer", OPTIMIZERS)
     _check_choice(config, "lr_schedule", LR_SCHEDULES)
     _check_choice(config, "distribution", DISTRIBUTIONS)
+    _check_choice(config, "noise", NOISE_MODELS)
+    _check_choice(config, "preset", PRESETS)
     _check_choice(config, "strategy", STRATEGIES)
     _check_int(config, "weight_bits", *WEIGHT_BITS_RANGE)
     _check_int(config, "activation_bits", *ACTIVATION_BITS_RANGE)
     for field in ("float_epochs", "warmup_epochs", "final_epochs", "max_steps_per_epoch",
-                  "calibration_steps", "seed"):
+                  "calibration_steps", "seed", "first_stage_epochs", "polish_epochs"):
         _check_int(config, field, 0)
     _check_int(config, "epochs_per_stage", 1)
     _check_int(config, "batch_size", 1)
@@ -154,6 +180,12 @@ def validate_config(config: TrainConfig) -> None:
         )
     if config.pretrained not in (None, "", "imagenet") and not os.path.isfile(config.pretrained):
         raise ValueError(f"pretrained weights file {config.pretrained!r} does not exist")
+    shortest = min(config.epochs_per_stage, config.first_stage_epochs or config.epochs_per_stage)
+    if config.polish_epochs >= shortest:
+        raise ValueError(
+            f"polish_epochs must be less than every stage's length ({shortest}), got "
+            f"{config.polish_epochs}"
+        )
     parse_layer_bits(config.layer_bits)
     parse_stages(config.stages)
     if config.strategy == "multi_worker":

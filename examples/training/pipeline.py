@@ -14,6 +14,7 @@ import numpy as np
 import uniq_tf
 from examples.training.config import (
     TrainConfig,
+    apply_preset,
     parse_layer_bits,
     parse_names,
     parse_stages,
@@ -63,7 +64,7 @@ def quantize(config: TrainConfig, model: keras.Model) -> keras.Model:
         model, config.weight_bits, config.activation_bits,
         layer_bits=parse_layer_bits(config.layer_bits),
         skip_layers=parse_names(config.skip_layers), per_channel=config.per_channel,
-        distribution=config.distribution, high_noise=config.high_noise,
+        distribution=config.distribution, high_noise=config.high_noise, noise=config.noise,
     )
 
 
@@ -71,17 +72,23 @@ def make_schedule(config: TrainConfig) -> GradualQuantization:
     return GradualQuantization(
         stages=parse_stages(config.stages), warmup_epochs=config.warmup_epochs,
         epochs_per_stage=config.epochs_per_stage, final_epochs=config.final_epochs,
-        verbose=config.verbose,
+        first_stage_epochs=config.first_stage_epochs or None,
+        polish_epochs=config.polish_epochs, verbose=config.verbose,
     )
 
 
 def compile_model(
-    config: TrainConfig, model: keras.Model, learning_rate: float, total_steps: int
+    config: TrainConfig, model: keras.Model, learning_rate: float, total_steps: int,
+    final_steps: int = 0,
 ) -> None:
-    """Call inside the strategy's scope (the optimizer's variables are mirrored too)."""
+    """Call inside the strategy's scope (the optimizer's variables are mirrored too).
+    ``final_steps``: the last steps, where the "step" schedule uses a tenth of the rate."""
     rate = learning_rate
     if config.lr_schedule == "cosine" and total_steps > 0:
         rate = keras.optimizers.schedules.CosineDecay(learning_rate, total_steps)
+    if config.lr_schedule == "step" and 0 < final_steps < total_steps:
+        rate = keras.optimizers.schedules.PiecewiseConstantDecay(
+            [total_steps - final_steps], [learning_rate, learning_rate / 10])
     decay = config.weight_decay or None
     if config.optimizer == "sgd":
         optimizer = keras.optimizers.SGD(rate, momentum=config.momentum, weight_decay=decay)
@@ -157,6 +164,7 @@ def prepare(config: TrainConfig):
 
     Returns (train, test, info, float model, planned stages, strategy).
     """
+    config = apply_preset(config)
     validate_config(config)
     check_resumable(config)
     strategy = make_strategy(config)
@@ -213,7 +221,8 @@ def train_uniq(config: TrainConfig, ws: Workspace, strategy, model: keras.Model,
     schedule = make_schedule(config)
     epochs = schedule.total_epochs(qmodel)
     with strategy.scope():
-        compile_model(config, qmodel, config.uniq_learning_rate, _steps(train, epochs))
+        compile_model(config, qmodel, config.uniq_learning_rate, _steps(train, epochs),
+                      _steps(train, config.final_epochs))
     # Every weight quantizer starts NOISY, which evaluates with the codebooks: this is the
     # accuracy of quantizing the trained model without any UNIQ training. Kept from the first
     # process of the run: a restart sees the data in another order and calibrates differently
@@ -249,6 +258,7 @@ def run(config: TrainConfig, prepared: tuple | None = None) -> dict:
     ``prepared``: what ``prepare(config)`` returned, if the caller already ran the checks.
     Running it again after the process was killed resumes the run (same config required).
     """
+    config = apply_preset(config)
     train, test, info, model, planned, strategy = prepared or prepare(config)
     ws = Workspace.for_strategy(config.output_dir, strategy)
     ws.start(config)
@@ -287,6 +297,8 @@ def run(config: TrainConfig, prepared: tuple | None = None) -> dict:
             "float": config.float_epochs,
             "warmup": config.warmup_epochs,
             "per_stage": config.epochs_per_stage,
+            "first_stage": config.first_stage_epochs or config.epochs_per_stage,
+            "polish": config.polish_epochs,
             "final": config.final_epochs,
             "uniq_total": len(stages),
         },
