@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import subprocess
@@ -542,7 +543,8 @@ def main(argv=None) -> dict:
         fields = json.loads(args.part)
         part = Part(**{**fields, "seeds": tuple(fields["seeds"]),
                        "bits": tuple(tuple(b) for b in fields["bits"])})
-        result = run_part(part, os.path.join(output_dir, "float_models"))
+        result = run_part(part, os.path.join(output_dir, "float_models"),
+                          functools.partial(print, flush=True))
         if not part.floats_only:
             common.write_json(os.path.join(
                 output_dir, f"{part.model}_{part.schedule}_{part.method}.json"), result)
