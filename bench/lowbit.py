@@ -396,7 +396,7 @@ def summary(results: dict) -> list[dict]:
             if not mine:
                 continue
             acc = [100 * r["accuracy"] for r in mine]
-            diff, half, n = paired(runs, method, REFERENCE_METHOD)
+            diff, half, n = paired(runs, method, results.get("reference", REFERENCE_METHOD))
             out.append({
                 "model": model, "schedule": schedule, "method": method, "weight_bits": wb,
                 "activation_bits": ab, "mean": float(np.mean(acc)),
@@ -422,6 +422,7 @@ def tables(results: dict) -> str:
     UNIQ's default with its 95 % interval."""
     rows = {(e["model"], e["schedule"], e["method"], e["weight_bits"], e["activation_bits"]): e
             for e in results["summary"]}
+    reference = results.get("reference", REFERENCE_METHOD)
     text = []
     for model in results["models"]:
         floats = [100 * f["accuracy"] for f in results["float"] if f["model"] == model]
@@ -436,7 +437,7 @@ def tables(results: dict) -> str:
                         cells.append("-")
                         continue
                     cell = f"{e['mean']:.2f} ({e['cross_entropy']:.3f})"
-                    if method != REFERENCE_METHOD:
+                    if method != reference:
                         cell += (f"<br>{e['diff_to_uniq']:+.2f} ± {e['ci_half']:.2f}"
                                  f"{_verdict(e['diff_to_uniq'], e['ci_half'])}")
                     cells.append(cell)
@@ -447,7 +448,7 @@ def tables(results: dict) -> str:
                 f"**{model}, {schedule} schedule** ({epochs} fine-tuning epochs; one test "
                 f"image is {resolution(results):.3f} points of a seed's accuracy; float "
                 f"{np.mean(floats):.2f} %): mean test accuracy % (cross-entropy); below it, "
-                f"the paired difference to *{METHODS[REFERENCE_METHOD]}* in points with its "
+                f"the paired difference to *{METHODS[reference]}* in points with its "
                 "95 % interval over the seeds (▲ / ▼: the interval excludes 0, the method is "
                 "above / below UNIQ).\n\n" + common.markdown_table(header, body))
     return "\n".join(text)
@@ -483,6 +484,108 @@ def resolution(results: dict) -> float:
     return 100.0 / min(sizes.values())
 
 
+def noise_errors(bits_list=(2, 3, 4), n: int = 1_000_000) -> list[dict]:
+    """Per noise model and bit width, on standard normal weights (seeded): the noisy tensor's
+    mean squared error to w and its std, against the hard quantizer's, and the share of noisy
+    weights beyond the outer codebook level."""
+    from uniq_tf import kquantile
+
+    rows = []
+    for bits in bits_list:
+        w = tf.random.stateless_normal([1, n], seed=[bits, 0], dtype=tf.float64)
+        hard = kquantile.quantize(w, bits).numpy()
+        outer = kquantile.standard_levels(bits)[-1]
+        for noise in kquantile.NOISE_MODELS:
+            tf.random.set_seed(bits)
+            noisy = kquantile.add_noise(w, bits, noise=noise).numpy()
+            rows.append({
+                "bits": bits, "noise": noise,
+                "mse": float(np.mean((noisy - w.numpy()) ** 2)),
+                "hard_mse": float(np.mean((hard - w.numpy()) ** 2)),
+                "std": float(noisy.std()), "hard_std": float(hard.std()),
+                "beyond_outer": float(np.mean(np.abs(noisy) > outer + 1e-6)),
+            })
+    return rows
+
+
+def noise_table(rows: list[dict]) -> str:
+    body = [[r["bits"], r["noise"], f"{r['mse']:.3f}", f"{r['hard_mse']:.3f}",
+             f"{r['mse'] / r['hard_mse']:.2f}", f"{r['std']:.3f}", f"{r['hard_std']:.3f}",
+             f"{100 * r['beyond_outer']:.1f} %"] for r in rows]
+    return ("Noise models on standard normal weights (10^6 per width, `noise_errors()` in "
+            "bench/lowbit.py): the noisy tensor's mean squared error to the float weights and "
+            "its standard deviation, beside the hard quantizer's, and the share of noisy "
+            "weights beyond the outer codebook level.\n\n"
+            + common.markdown_table(["bits", "noise", "MSE (σ²)", "hard MSE", "ratio",
+                                     "std (σ)", "hard std", "beyond outer level"], body))
+
+
+SECTION_START = "<!-- lowbit:start -->"
+SECTION_END = "<!-- lowbit:end -->"
+
+
+def section(results: dict, image_dir: str = "img") -> str:
+    """The suite's part of docs/benchmarks.md, between markers that :func:`splice` replaces."""
+    machine = results["machine"]
+    floats = {m: [100 * f["accuracy"] for f in results["float"] if f["model"] == m]
+              for m in results["models"]}
+    ptq = {e["model"]: e["mean"] for e in results["summary"]
+           if e["method"] == "ptq_kquantile" and (e["weight_bits"], e["activation_bits"]) == (2, 8)}
+    protocol = [[m, f"{np.mean(v):.2f}", f"{np.mean(v) - ptq[m]:.1f}" if m in ptq else "-"]
+                for m, v in floats.items()]
+    parts = [
+        SECTION_START,
+        "## 4. Low-bit suite: paired comparisons at 2-4 bits (`bench/lowbit.py`)\n",
+        f"Generated by `{results.get('command', 'bench/lowbit.py')}` on {machine['date']} "
+        f"({results.get('seconds', 0) / 60:.0f} min; {machine['cores']} cores, "
+        f"{machine['cpu']}; TensorFlow {machine['tensorflow']}, TFMOT {machine['tfmot']}). "
+        "Five folds of all 1,797 digits serve as the five seeds (every digit is tested once), "
+        "each test image at its 9 one-pixel shifts: one image is "
+        f"{resolution(results):.3f} points of a seed's accuracy. Every method of a seed starts "
+        "from the same float model and sees the same data order; runs are deterministic "
+        "(op determinism, seeded ops: the same command gives the same numbers). Each "
+        "fine-tuned method uses the best learning rate of the same three-value sweep per "
+        "schedule (W2A8, a validation fifth of seed 0's training folds).\n",
+        common.markdown_table(["model", "float accuracy (%)",
+                               "points lost by 2-bit post-training k-quantile"], protocol),
+        noise_table(results["noise_errors"]),
+        tables(results),
+        "Accuracy against BOPs, mean ± one standard deviation over the five seeds (fine-tuned "
+        "methods and float):\n",
+    ]
+    parts += [f"![low-bit suite, {m}, {s}]({image_dir}/lowbit_{m}_{s}.png)\n"
+              for m in results["models"] for s in results["schedules"]]
+    parts.append(SECTION_END)
+    return "\n".join(parts) + "\n"
+
+
+def splice(page: str, text: str) -> str:
+    """``page`` with the suite's section replaced (or inserted before the findings)."""
+    if SECTION_START in page and SECTION_END in page:
+        head, rest = page.split(SECTION_START, 1)
+        return head + text.rstrip("\n") + rest.split(SECTION_END, 1)[1]
+    anchor = "## Findings"
+    if anchor in page:
+        head, rest = page.split(anchor, 1)
+        return head + text + "\n" + anchor + rest
+    return page.rstrip("\n") + "\n\n" + text
+
+
+def write_docs(results: dict, output_dir: str, docs_dir: str) -> str:
+    """Splices the section into ``docs_dir``/benchmarks.md and copies the plots to img/."""
+    import shutil
+
+    path = os.path.join(docs_dir, "benchmarks.md")
+    page = Path(path).read_text(encoding="utf-8") if os.path.exists(path) else "# Benchmarks\n"
+    common.write_text(path, splice(page, section(results)))
+    os.makedirs(os.path.join(docs_dir, "img"), exist_ok=True)
+    for m in results["models"]:
+        for s in results["schedules"]:
+            name = f"lowbit_{m}_{s}.png"
+            shutil.copyfile(os.path.join(output_dir, name), os.path.join(docs_dir, "img", name))
+    return path
+
+
 # ---------------------------------------------------------------- driver
 
 
@@ -494,6 +597,12 @@ def _parse_args(argv):
     parser.add_argument("--models", default=None)
     parser.add_argument("--schedules", default=None)
     parser.add_argument("--methods", default=None)
+    parser.add_argument("--docs_dir", default="",
+                        help="also splice the section into DOCS_DIR/benchmarks.md")
+    parser.add_argument("--render_only", action="store_true",
+                        help="no runs: tables, plots and docs from OUTPUT_DIR/lowbit.json")
+    parser.add_argument("--reference", default=REFERENCE_METHOD,
+                        help="the UNIQ method every paired difference is taken against")
     parser.add_argument("--part", default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -549,6 +658,12 @@ def main(argv=None) -> dict:
             common.write_json(os.path.join(
                 output_dir, f"{part.model}_{part.schedule}_{part.method}.json"), result)
         return result
+    if args.render_only:
+        results = json.loads(Path(output_dir, "lowbit.json").read_text(encoding="utf-8"))
+        results["reference"] = args.reference
+        results["summary"] = summary(results)
+        write_outputs(results, output_dir, args.docs_dir)
+        return results
     started = time.perf_counter()
     config = configuration(args)
     parts_dir = os.path.join(output_dir, "lowbit_parts")
@@ -563,13 +678,17 @@ def main(argv=None) -> dict:
     costly = {"narrow_resnet": 3}
     parts.sort(key=lambda p: -costly.get(p.model, 1) * (p.method in FINE_TUNED))
     _pool([_part_command(p, parts_dir) for p in parts], args.jobs)
-    results = merge(config, parts, parts_dir)
+    results = merge(config, parts, parts_dir, args.reference)
     results["seconds"] = round(time.perf_counter() - started, 1)
-    write_outputs(results, output_dir)
+    results["command"] = " ".join(["bench/lowbit.py"] + [
+        a for a in (argv if argv is not None else sys.argv[1:])
+        if not a.startswith(("--output_dir", "--docs_dir"))])
+    write_outputs(results, output_dir, args.docs_dir)
     return results
 
 
-def merge(config: dict, parts: list[Part], parts_dir: str) -> dict:
+def merge(config: dict, parts: list[Part], parts_dir: str,
+          reference: str = REFERENCE_METHOD) -> dict:
     loaded = [json.loads(Path(parts_dir, f"{p.model}_{p.schedule}_{p.method}.json").read_text(
         encoding="utf-8")) for p in parts]
     results = {**config, "runs": [r for part in loaded for r in part["runs"]],
@@ -577,7 +696,8 @@ def merge(config: dict, parts: list[Part], parts_dir: str) -> dict:
                          p["rate"] for p in loaded},
                "sweeps": {f"{p['part']['model']}/{p['part']['schedule']}/{p['part']['method']}":
                           p["sweep"] for p in loaded},
-               "float": [], "bops": {}, "epochs": {}, "test_images": {}}
+               "float": [], "bops": {}, "epochs": {}, "test_images": {},
+               "reference": reference, "noise_errors": noise_errors()}
     float_dir = Path(parts_dir, "float_models")
     for model in config["models"]:
         for seed in config["seeds"]:
@@ -598,10 +718,12 @@ def merge(config: dict, parts: list[Part], parts_dir: str) -> dict:
     return results
 
 
-def write_outputs(results: dict, output_dir: str) -> None:
+def write_outputs(results: dict, output_dir: str, docs_dir: str = "") -> None:
     common.write_json(os.path.join(output_dir, "lowbit.json"), results)
-    common.write_text(os.path.join(output_dir, "lowbit.md"), tables(results))
+    common.write_text(os.path.join(output_dir, "lowbit.md"), section(results))
     plot(results, output_dir)
+    if docs_dir:
+        print(f"lowbit: wrote {write_docs(results, output_dir, docs_dir)}")
     print(f"lowbit: {len(results['runs'])} runs; tables in "
           f"{os.path.join(output_dir, 'lowbit.md')}")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench import accuracy, common, deploy, train_speed
+from bench import accuracy, common, deploy, lowbit, train_speed
 
 FINDINGS = Path(__file__).with_name("findings.md")
 TRAIN_SPEED_LIMIT = 1.15
@@ -159,6 +159,8 @@ def render(results: dict, run_info: dict, image_dir: str = "img") -> str:
             "## 3. Deployment size and speed (`bench/deploy.py`)\n",
             deploy.tables(results["deploy"]),
         ]
+    if "lowbit" in results:
+        parts.append(lowbit.section(results["lowbit"], image_dir))
     if FINDINGS.exists():
         parts.append(FINDINGS.read_text(encoding="utf-8"))
     parts += [
@@ -166,6 +168,8 @@ def render(results: dict, run_info: dict, image_dir: str = "img") -> str:
         "```\nmake bench          # the full run: writes outputs/bench/ and this page\n"
         "make bench-quick    # the quick run (< 5 min; CI runs it), outputs/bench/ only\n"
         ".venv/bin/python bench/accuracy.py --models=small_cnn --bits=2:8 --seeds=5 "
-        "--per_channel   # one slice\n```\n",
+        "--per_channel   # one slice\n"
+        ".venv/bin/python bench/lowbit.py --output_dir=outputs/bench --docs_dir=docs"
+        "   # the low-bit suite alone (section 4)\n```\n",
     ]
     return "\n".join(parts)

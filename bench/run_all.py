@@ -1,10 +1,11 @@
-"""Runs the three benchmarks and writes their results and docs/benchmarks.md.
+"""Runs the benchmarks and writes their results and docs/benchmarks.md.
 
     .venv/bin/python bench/run_all.py            # make bench: the full run (~1 h, 2 cores)
     .venv/bin/python bench/run_all.py --quick    # make bench-quick: < 5 min; CI's test runs it
 
-Each benchmark runs in child processes (bench/accuracy.py, bench/train_speed.py,
-bench/deploy.py), so that one's memory and traced graphs do not slow the next one's timings;
+Each benchmark runs in child processes (bench/accuracy.py, bench/lowbit.py (full runs only),
+bench/train_speed.py, bench/deploy.py), so that one's memory and traced graphs do not slow
+the next one's timings;
 the accuracy benchmark runs one process per (model, method), two at a time (``--jobs``), from
 float models trained once and saved under accuracy_parts/. Outputs in ``--output_dir``
 (default outputs/bench): accuracy.json, train_speed.json, deploy.json, each with a markdown
@@ -32,7 +33,9 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from bench import common, report  # noqa: E402
 
-BENCHMARKS = ("accuracy", "train_speed", "deploy")
+BENCHMARKS = ("accuracy", "lowbit", "train_speed", "deploy")
+# The low-bit suite's quick mode has its own test (tests/test_bench_lowbit.py, run twice).
+QUICK_BENCHMARKS = ("accuracy", "train_speed", "deploy")
 
 
 def _parse_args(argv):
@@ -48,8 +51,9 @@ def _parse_args(argv):
     parser.add_argument("--render_only", action="store_true",
                         help="no runs: rewrite benchmarks.md (and the docs) from the results "
                              "already in --output_dir (after editing bench/findings.md)")
-    parser.add_argument("--only", default=",".join(BENCHMARKS),
-                        help=f"comma-separated subset of {','.join(BENCHMARKS)}")
+    parser.add_argument("--only", default="",
+                        help=f"comma-separated subset of {','.join(BENCHMARKS)} (default: all; "
+                             f"--quick: {','.join(QUICK_BENCHMARKS)})")
     return parser.parse_args(argv)
 
 
@@ -136,6 +140,8 @@ def run_benchmark(name: str, mode: str, output_dir: str, jobs: int = 1) -> float
     start = time.perf_counter()
     if name == "accuracy":
         _accuracy_in_parts(mode, output_dir, jobs)
+    elif name == "lowbit":
+        _wait([_start(_command(name, mode, output_dir, f"--jobs={jobs}"))])
     else:
         _wait([_start(_command(name, mode, output_dir))])
     return time.perf_counter() - start
@@ -144,7 +150,8 @@ def run_benchmark(name: str, mode: str, output_dir: str, jobs: int = 1) -> float
 def main(argv=None) -> None:
     args = _parse_args(argv)
     mode = _mode(args)
-    only = [n.strip() for n in args.only.split(",") if n.strip()]
+    only = [n.strip() for n in args.only.split(",") if n.strip()] or list(
+        QUICK_BENCHMARKS if mode == "quick" else BENCHMARKS)
     unknown = sorted(set(only) - set(BENCHMARKS))
     if unknown:
         raise SystemExit(f"--only: unknown benchmarks {unknown}; allowed: {list(BENCHMARKS)}")

@@ -1,0 +1,93 @@
+"""bench/lowbit.py: its protocol (folds, shifts, paired intervals, the docs splice) and its
+quick mode, run twice, giving identical numbers."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench import lowbit  # noqa: E402
+
+
+def test_every_digit_is_tested_exactly_once_over_the_five_seeds():
+    tested = []
+    for seed in lowbit.SEEDS:
+        x, y, xt, yt = lowbit.folds(seed)
+        assert len(x) + len(xt) == 1797
+        # No test image among the training images of its seed.
+        train_rows = {row.tobytes() for row in x}
+        assert sum(row.tobytes() in train_rows for row in xt) <= 2  # digits has exact duplicates
+        tested.append(xt)
+    all_tested = np.concatenate(tested)
+    assert len(all_tested) == 1797
+    x_val, _, xv, _ = lowbit.folds(0, validation=True)
+    x_train = {row.tobytes() for row in lowbit.folds(0)[0]}
+    assert all(row.tobytes() in x_train for row in np.concatenate([x_val, xv]))
+
+
+def test_shifted_test_set_has_nine_shifts_and_a_resolution_below_005_points():
+    _, _, xt, _ = lowbit.folds(0)
+    shifted = lowbit.shifted(xt)
+    assert shifted.shape == (9 * len(xt),) + xt.shape[1:]
+    centre = lowbit.SHIFTS.index((0, 0))
+    np.testing.assert_array_equal(shifted[centre * len(xt):(centre + 1) * len(xt)], xt)
+    right = lowbit.SHIFTS.index((0, 1))
+    np.testing.assert_array_equal(shifted[right * len(xt), :, :-1], xt[0, :, 1:])
+    assert 100 / len(shifted) < 0.05
+
+
+def test_paired_difference_and_interval_match_a_paired_t_test():
+    rng = np.random.default_rng(0)
+    a, b = rng.uniform(0.8, 0.9, 5), rng.uniform(0.8, 0.9, 5)
+    runs = [{"method": "x", "seed": s, "accuracy": a[s]} for s in range(5)]
+    runs += [{"method": "y", "seed": s, "accuracy": b[s]} for s in range(5)]
+    mean, half, n = lowbit.paired(runs, "x", "y")
+    d = 100 * (a - b)
+    assert n == 5 and mean == pytest.approx(d.mean())
+    interval = stats.ttest_rel(100 * a, 100 * b).confidence_interval(0.95)
+    assert (mean - half, mean + half) == pytest.approx((interval.low, interval.high))
+    assert lowbit.T_975_4DF == pytest.approx(stats.t.ppf(0.975, 4))
+
+
+def test_splice_replaces_the_section_and_keeps_the_rest():
+    page = "# Benchmarks\n\n## 3. Deploy\n\nx\n\n## Findings\n\ny\n"
+    first = lowbit.splice(page, f"{lowbit.SECTION_START}\nOLD\n{lowbit.SECTION_END}\n")
+    assert first.index("OLD") < first.index("## Findings") and "x" in first and "y" in first
+    second = lowbit.splice(first, f"{lowbit.SECTION_START}\nNEW\n{lowbit.SECTION_END}\n")
+    assert "OLD" not in second and second.count(lowbit.SECTION_START) == 1
+    assert second.replace("NEW", "OLD") == first
+
+
+def _quick(output_dir: Path) -> dict:
+    subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "lowbit.py"), "--quick",
+         "--methods=uniq,kquantile_ste,ptq_kquantile", f"--output_dir={output_dir}"],
+        check=True, cwd=ROOT, timeout=600,
+    )
+    return json.loads((output_dir / "lowbit.json").read_text())
+
+
+@pytest.mark.slow
+def test_quick_mode_runs_twice_to_identical_numbers(tmp_path):
+    first, second = _quick(tmp_path / "a"), _quick(tmp_path / "b")
+    key = ("model", "schedule", "method", "weight_bits", "activation_bits", "seed")
+    numbers = [{tuple(r[k] for k in key): (r["accuracy"], r["cross_entropy"])
+                for r in result["runs"]} for result in (first, second)]
+    assert len(numbers[0]) == 3 * 2  # 3 methods x 2 seeds at W2A8
+    assert numbers[0] == numbers[1]
+    assert first["float"] == second["float"]
+    # A UNIQ run differs from its peers (the comparison is not vacuous).
+    assert len({v for v in numbers[0].values()}) == len(numbers[0])
+    methods = {e["method"] for e in first["summary"]}
+    assert methods == {"uniq", "kquantile_ste", "ptq_kquantile"}
+    text = (tmp_path / "a" / "lowbit.md").read_text()
+    assert "paired difference" in text and "| 2 | clipped |" in text
+    assert (tmp_path / "a" / "lowbit_tiny_cnn_short.png").read_bytes()[:4] == b"\x89PNG"
