@@ -8,8 +8,9 @@ near 99 % at 2 bits. This suite is built to resolve differences between methods 
   once. Each test image is evaluated at its 9 one-pixel shifts (the shifts training augments
   with), about 3,240 test images per seed: a resolution of 0.03 points. Test cross-entropy is
   reported beside accuracy.
-- **Narrow models** (:data:`MODELS`): float accuracy at most 98 % on this test set, and 2-bit
-  post-training k-quantile quantization loses more than 10 points (measured, in the tables).
+- **Narrow models** (:data:`MODELS`, UNIQ stages :data:`MODEL_STAGES`): float accuracy at
+  most 98 % on this test set, and 2-bit post-training k-quantile quantization loses more than
+  10 points (measured, in the tables).
 - **Paired.** One float model per (model, seed); every method starts from it and sees the
   same data order. For each method, the paired difference to UNIQ's default over the seeds,
   with a 95 % t interval (4 degrees of freedom).
@@ -96,9 +97,9 @@ class Schedule:
     def epochs(self, stages: int) -> int:
         return self.first_stage_epochs + (stages - 1) * self.epochs_per_stage + self.final_epochs
 
-    def callback(self, polish: int) -> GradualQuantization:
+    def callback(self, polish: int, stages: str | int = "layer") -> GradualQuantization:
         return GradualQuantization(
-            "layer", epochs_per_stage=self.epochs_per_stage,
+            stages, epochs_per_stage=self.epochs_per_stage,
             first_stage_epochs=self.first_stage_epochs, final_epochs=self.final_epochs,
             polish_epochs=polish, verbose=0,
         )
@@ -213,6 +214,9 @@ def narrow_resnet(input_shape=(8, 8, 1), num_classes: int = 10) -> keras.Model:
 
 
 MODELS = {"tiny_cnn": tiny_cnn, "narrow_resnet": narrow_resnet}
+# UNIQ's stages per model: one per kernel layer, or blocks of layers (each stage change
+# retraces the train function, which dominates a small model's run time).
+MODEL_STAGES = {"tiny_cnn": "layer", "narrow_resnet": 3}
 FLOAT_EPOCHS = 30
 
 
@@ -282,12 +286,12 @@ def fine_tune(method: str, model_name: str, float_, seed: int, bits: tuple[int, 
     uniq_tf.calibrate_activations(model, train, steps=10, verbose=False)
     epochs = 0
     if method in FINE_TUNED:
-        stages = len(GradualQuantization().plan(model)) if method in UNIQ_VARIANTS else len(
-            GradualQuantization().plan(uniq_tf.quantize_model(float_, 4, 8)))
-        epochs = schedule.epochs(stages)
+        stages = MODEL_STAGES[model_name]
+        epochs = schedule.epochs(len(GradualQuantization(stages).plan(
+            uniq_tf.quantize_model(float_, 4, 8))))
         steps = int(np.ceil(len(x) / 64))
         _compile(model, schedule.optimizer_for(rate, steps, epochs))
-        callbacks = ([schedule.callback(UNIQ_VARIANTS[method][1])]
+        callbacks = ([schedule.callback(UNIQ_VARIANTS[method][1], stages)]
                      if method in UNIQ_VARIANTS else [])
         model.fit(train, epochs=epochs, verbose=0, callbacks=callbacks)
     if method in UNIQ_VARIANTS or method in ("kquantile_ste", "ptq_kquantile"):
