@@ -96,6 +96,27 @@ def _input_shape(model, input_shape) -> tuple[int, int, int]:
     return tuple(int(d) for d in shape)
 
 
+def _check_out_dir(out_dir: Path, overwrite: bool) -> Path:
+    """``out_dir`` if the bundle may be written there, else FileExistsError or PermissionError
+    (before any work is done)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(
+            f"{out_dir} is a file, not a bundle directory; overwrite=True replaces bundle "
+            "directories only. Remove the file or choose another out_dir."
+        )
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise FileExistsError(
+            f"{out_dir} exists and is not an empty directory; pass overwrite=True to replace it"
+        )
+    existing = next(p for p in (out_dir.parent, *out_dir.parent.parents) if p.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(
+            f"Cannot write the bundle {out_dir}: directory {existing} is not writable. Choose "
+            "an out_dir in a writable directory."
+        )
+    return out_dir
+
+
 def _check_supported(stripped) -> None:
     problems = []
     for layer in flatten_layers(stripped):
@@ -264,11 +285,7 @@ def export_finn(
     if input_scale is not None:
         input_scale = _check_positive(input_scale, "input_scale")
     input_quant = actquant.for_input(input_bits, input_scale, input_signed)
-    out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
-        raise FileExistsError(
-            f"{out_dir} exists and is not an empty directory; pass overwrite=True to replace it"
-        )
+    out_dir = _check_out_dir(Path(out_dir), overwrite)
     shape = _input_shape(model, input_shape)
 
     stripped = uniq_tf.strip_quantization(model)

@@ -227,3 +227,66 @@ def test_a_batch_that_does_not_fit_is_reported_with_its_own_shape(tmp_path):
     with pytest.raises(ValueError, match=r"a batch of shape \(4, 8, 8\) does not fit"):
         tflite_export.export_tflite(quantized, tmp_path / "m.tflite", "int8",
                                     np.zeros((4, 8, 8), "float32"))
+
+
+def test_finn_export_refuses_a_file_and_an_unwritable_directory_before_working(
+    tmp_path, monkeypatch
+):
+    fpga_export = pytest.importorskip("fpga_export")
+    from fpga_export import export as finn_export
+
+    inp = keras.Input((4, 4, 1))
+    flat = L.Flatten()(L.Conv2D(2, 3, activation="relu", name="conv")(inp))
+    quantized = uniq_tf.quantize_model(keras.Model(inp, L.Dense(2, name="fc")(flat)))
+    a_file = tmp_path / "bundle"
+    a_file.write_text("not a bundle")
+    with pytest.raises(FileExistsError, match="is a file, not a bundle directory"):
+        fpga_export.export_finn(quantized, a_file, overwrite=True)
+    assert a_file.read_text() == "not a bundle"
+    monkeypatch.setattr(finn_export.os, "access", lambda path, mode: False)
+    monkeypatch.setattr(finn_export.uniq_tf, "strip_quantization", None)  # no work before
+    with pytest.raises(PermissionError, match=r"directory .* is not writable"):
+        fpga_export.export_finn(quantized, tmp_path / "new" / "bundle")
+
+
+# ---------------------------------------------------------------- 6. a shared layer
+
+
+def test_a_shared_layer_exports_with_its_kernel_found(tmp_path):
+    inp = keras.Input((8,))
+    shared = L.Dense(8, activation="relu", name="shared")
+    model = keras.Model(inp, L.Dense(2, name="fc")(shared(shared(inp))))
+    quantized = uniq_tf.quantize_model(model)
+    x = _inputs(32, 8, 1.0)
+    uniq_tf.calibrate_activations(quantized, [x], verbose=False)
+    for mode in ("float", "int8"):
+        report = tflite_export.export_tflite(quantized, tmp_path / f"{mode}.tflite", mode, x)
+        check = report.kernels["shared"]
+        assert check.ok and check.tensor is not None and check.max_distinct_per_channel <= 16
+
+
+# ---------------------------------------------------------------- 7. integer inputs
+
+
+def test_token_inputs_stay_integer_in_every_mode(tmp_path):
+    inp = keras.Input((20,), dtype="int32")
+    x = L.Conv1D(8, 3, activation="relu", name="c1d")(L.Embedding(50, 8, name="emb")(inp))
+    model = keras.Model(inp, L.Dense(3, name="fc")(L.GlobalAveragePooling1D()(x)))
+    with pytest.warns(UserWarning, match=r"in float .*emb \(Embedding\)"):
+        quantized = uniq_tf.quantize_model(model)
+    tokens = np.random.default_rng(0).integers(0, 50, (64, 20)).astype("int32")
+    uniq_tf.calibrate_activations(quantized, [tokens], verbose=False)
+    for mode in ("int8", "float", "dynamic"):
+        report = tflite_export.export_tflite(quantized, tmp_path / f"{mode}.tflite", mode,
+                                             tokens if mode == "int8" else None, samples=tokens)
+        assert report.input_dtype == "int32" and report.max_abs_diff <= report.tolerance
+        assert set(report.kernels) == {"c1d", "fc"}
+
+
+def test_converter_message_is_kept_when_no_line_says_error():
+    from tflite_export.convert import describe_converter_error
+
+    message = describe_converter_error(
+        RuntimeError("Some ops are not supported\nTF Select ops: Foo"), mlp(), "int8"
+    )
+    assert message.endswith("Converter says: Some ops are not supported | TF Select ops: Foo")

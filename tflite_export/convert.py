@@ -88,7 +88,8 @@ def describe_converter_error(error: Exception, model, mode: str) -> str:
         | set(re.findall(r"'tfl?\.(\w+)' op", text))
         | set(re.findall(r"op: '?(\w+)'?", text))
     )
-    lines = [line.strip() for line in text.splitlines() if "error" in line.lower()]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    lines = [line for line in lines if "error" in line.lower()] or lines
     where = f"layer(s) {layers}" if layers else "a layer the error message does not name"
     return (
         f"The TFLite converter cannot convert model {model.name!r} in mode {mode!r}: {where} "

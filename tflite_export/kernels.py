@@ -105,6 +105,21 @@ def find_kernel(
     return found[0] if found else None
 
 
+def find_shared_kernel(
+    constants: dict[str, dict], shape: tuple[int, ...], index_rows: np.ndarray, axis: int,
+    taken: set[str],
+) -> str | None:
+    """The kernel of a layer called more than once, which the converter stores once under a
+    name of no layer ("arith.constant"): a constant of the right shape, not found for another
+    kernel, whose values map one to one to the codebook indices in every channel."""
+    for name, detail in constants.items():
+        if name in taken or tuple(detail["shape"]) != shape:
+            continue
+        if _consistent(_rows(detail["value"], axis), index_rows):
+            return name
+    return None
+
+
 def check_kernels(
     model: runtime.ModelSource, codebooks: dict[str, Codebook]
 ) -> dict[str, KernelCheck]:
@@ -114,7 +129,10 @@ def check_kernels(
     for key, codebook in codebooks.items():
         kernel, axis = tflite_layout(codebook, codebook.dequantize())
         indices, _ = tflite_layout(codebook, codebook.indices)
-        name = find_kernel(constants, codebook, kernel.shape)
+        name = find_kernel(constants, codebook, kernel.shape) or find_shared_kernel(
+            constants, kernel.shape, _rows(indices, axis), axis,
+            {check.tensor for check in out.values()},
+        )
         if name is None:
             out[key] = KernelCheck(key, None, None, codebook.bits, None, None, False, None)
             continue
