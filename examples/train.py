@@ -90,7 +90,7 @@ def _define_flags():
     flags.DEFINE_enum("distribution", d.distribution, list(DISTRIBUTIONS), "Fitted CDF.")
     flags.DEFINE_bool("high_noise", d.high_noise, "Noise of +-1/k instead of +-1/(2k).")
     flags.DEFINE_enum("noise", d.noise, list(NOISE_MODELS), "Training noise model "
-                      "(docs/method.md section 9); paper = the paper's.")
+                      "(docs/method.md, Noise models); paper = the paper's.")
     flags.DEFINE_string("stages", str(d.stages), '"layer", a number of stages, or explicit '
                         'groups "conv1,conv2;fc".')
     flags.DEFINE_integer("float_epochs", d.float_epochs, "Float training epochs.")

@@ -1,4 +1,4 @@
-"""Property tests of the k-quantile math (docs/method.md sections 1-2 and 9)."""
+"""Property tests of the k-quantile math (docs/method.md, incl. "Noise models")."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""UNIQ's gradual (stage-wise) quantization as a Keras callback (docs/method.md section 3).
+"""UNIQ's gradual (stage-wise) quantization as a Keras callback (docs/method.md).
 
 The quantized kernel layers, in forward order, are split into stages. With ``w`` warm-up epochs,
 ``e1`` epochs in the first stage and ``e`` in each later one, epoch ``t`` is in stage
@@ -14,9 +14,10 @@ and at stage s a layer of stage i is
     i == s:  weights NOISY (trained with UNIQ noise);  activations QUANTIZED
     i > s:   weights FLOAT (trained);                  activations FLOAT
 
-``polish_epochs = p > 0`` is a departure from the paper (docs/method.md section 10): in the last
-p epochs of each stage its layers are QUANTIZED (hard codebook, straight-through gradient)
-instead of NOISY, so each layer is trained against the weights it keeps before it freezes.
+``polish_epochs = p > 0`` is a departure from the paper (docs/method.md, "Schedule options
+beyond the paper"): in the last p epochs of each stage its layers are QUANTIZED (hard codebook,
+straight-through gradient) instead of NOISY, so each layer is trained against the weights it
+keeps before it freezes.
 ``p = 0`` (the default) is the paper's schedule.
 
 An activation quantizer belongs to the stage of its ``config.owner`` kernel layer (owner None:

@@ -1,7 +1,7 @@
 """The k-quantile quantizer and UNIQ's uniform noise: the method's math, written once.
 
 Every user of the method (training, stripping, codebooks, exporters, BOPs) calls these
-functions. Formulas (Baskin et al., UNIQ, ACM TOCS 2021; docs/method.md sections 1-2),
+functions. Formulas (Baskin et al., UNIQ, ACM TOCS 2021; docs/method.md),
 with F the fitted CDF of a weight tensor (per tensor, or per output channel):
 
     Gaussian:   mu = mean(w), sigma = max(std(w), 1e-5), F(w) = Phi((w - mu) / sigma)
@@ -14,7 +14,7 @@ with F the fitted CDF of a weight tensor (per tensor, or per output channel):
     e          ~ U[-s / (2k), +s / (2k)], s = 1 (s = 2 for the "high noise" variant)
     w_hat      = F^-1(clip(u + e, 1e-5, 1 - 1e-5))       (training-time noise, "paper")
 
-Noise models (``noise=``; docs/method.md section 9 has their error tables):
+Noise models (``noise=``; docs/method.md, "Noise models", has their error tables):
 
     "paper"        w_hat = F^-1(clip(u + e, 1e-5, 1 - 1e-5)): the paper and reference code
     "clipped"      w_hat = F^-1(clip(u + e, 1/(2k), 1 - 1/(2k))): the reference code's clip of
