@@ -139,7 +139,7 @@ def descriptor(
     rows: list[dict],
     activations: dict[str, QuantParams],
     foldings: list[folding.Folding],
-    qonnx_cost: dict,
+    qonnx_cost: dict | None,
     grid_tolerance: float,
 ) -> dict:
     """The content of descriptor.json."""
@@ -295,7 +295,7 @@ graph order); `target_fps` in the build config (when given) lets FINN fold the o
 
 Totals: {totals['macs']:,} MACs; BOPs (paper, index bits b) {totals['bops_paper_index_bits']:.6g};
 MACs x B x b_a = {totals['bops_simple_grid_bits']:,} (qonnx inference_cost: \
-{qonnx['total_bops']:,.0f}). Weight memory (bits): {memory}.
+{'not run' if qonnx is None else f"{qonnx['total_bops']:,.0f}"}). Weight memory (bits): {memory}.
 
 FINN notes:
 {notes}

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 import warnings
@@ -179,6 +180,26 @@ def _activations(model) -> dict[str, actquant.QuantParams]:
             ranges.items()}
 
 
+MAX_NAMES_PER_NOTE = 5
+
+
+def summarize_notes(notes: list[str]) -> list[str]:
+    """One line per cause: notes that differ only in the quoted layer name are merged, naming
+    the first ``MAX_NAMES_PER_NOTE`` layers and counting the rest."""
+    by_cause: dict[str, list[str]] = {}
+    for note in notes:
+        names = re.findall(r"'[^']*'", note)
+        cause = re.sub(r"'[^']*'", "{}", note, count=1) if names else note
+        by_cause.setdefault(cause, []).extend(names[:1])
+    lines = []
+    for cause, names in by_cause.items():
+        shown = ", ".join(names[:MAX_NAMES_PER_NOTE])
+        more = len(names) - MAX_NAMES_PER_NOTE
+        named = shown + (f" and {more} more" if more > 0 else "")
+        lines.append("- " + (cause.replace("{}", named, 1) if names else cause))
+    return lines
+
+
 def _annotate(graph: onnx_graph.GraphResult, metadata: dict) -> ModelWrapper:
     wrapper = ModelWrapper(graph.model)
     wrapper = wrapper.transform(InferShapes()).transform(InferDataTypes())
@@ -244,6 +265,7 @@ def export_finn(
     input_signed: bool = False,
     grid_tolerance: float = grid.GRID_TOLERANCE,
     synth_clk_period_ns: float = DEFAULT_CLOCK_NS,
+    cost_check: bool = True,
 ) -> FinnExport:
     """Writes the FINN bundle of a UNIQ-quantized model to ``out_dir`` (module docstring).
 
@@ -264,6 +286,9 @@ def export_finn(
             by default 8-bit unsigned with scale 1/255 (data in [0, 1]). Digits (k/16) are
             exact with input_bits=5, input_scale=1/16.
         synth_clk_period_ns: the FINN clock period the folding is computed for.
+        cost_check: cross-check the BOPs with ``qonnx.util.inference_cost`` (descriptor
+            totals "qonnx_inference_cost"); it takes minutes on large graphs (about 20 for
+            DenseNet121 at 64x64): False skips it and writes null.
     """
     model = require_keras2_model(model)
     if not uniq_tf.is_quantized_model(model):
@@ -297,7 +322,8 @@ def export_finn(
     notes = bundle.finn_notes(graph)
     if notes:
         warnings.warn(
-            "model.onnx runs in qonnx, but FINN will not map all of it: " + "; ".join(notes),
+            "model.onnx runs in qonnx, but FINN will not map all of it (descriptor.json "
+            "'finn_notes' names every layer):\n" + "\n".join(summarize_notes(notes)),
             stacklevel=2,
         )
 
@@ -307,7 +333,7 @@ def export_finn(
     wrapper = _annotate(graph, metadata)
     descriptor = bundle.descriptor(
         model.name, shape, input_quant, graph, rows, activations, foldings,
-        qonnx_cost=_qonnx_bops(wrapper), grid_tolerance=grid_tolerance,
+        qonnx_cost=_qonnx_bops(wrapper) if cost_check else None, grid_tolerance=grid_tolerance,
     )
     act_bits = max([p.bits for p in activations.values()], default=0)
     build_config = bundle.build_config(
