@@ -8,6 +8,7 @@ from uniq_tf import (  # noqa: F401  (submodules users reach as uniq_tf.models)
     data,
     models,
 )
+from uniq_tf.allocate import AllocationReport, allocate_bits
 from uniq_tf.bops import summary
 from uniq_tf.callbacks import GradualQuantization
 from uniq_tf.modes import (
@@ -38,12 +39,14 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ActMode",
+    "AllocationReport",
     "Codebook",
     "GradualQuantization",
     "KQuantileWeightQuantizer",
     "Mode",
     "SwitchableActivationQuantizer",
     "activation_modes",
+    "allocate_bits",
     "calibrate_activations",
     "get_activation_ranges",
     "get_codebooks",
