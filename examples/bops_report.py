@@ -25,6 +25,8 @@ MODEL_TITLES = {
 }
 
 FLAGS = flags.FLAGS
+# absl prints the docstring and every flag before an app.UsageError; a bad value gets one line.
+USAGE_HINT = " (pass --helpshort to see the flags)"
 flags.DEFINE_list("models", list(MODEL_TITLES), f"Models among {sorted(models.MODELS)}.")
 flags.DEFINE_multi_string("bits", DEFAULT_BITS, "weight_bits,activation_bits pairs; 32,32 = float.")
 flags.DEFINE_integer("resolution", 224, "Input height and width.")
@@ -41,7 +43,8 @@ def parse_bits(pairs: list[str]) -> list[tuple[int, int]]:
         try:
             w_bits, a_bits = (int(v) for v in text.split(","))
         except ValueError:
-            raise app.UsageError(f"--bits takes 'w,a' integer pairs, got {text!r}") from None
+            raise SystemExit(
+                f"--bits takes 'w,a' integer pairs, got {text!r}{USAGE_HINT}") from None
         out.append((w_bits, a_bits))
     return out
 

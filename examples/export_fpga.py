@@ -27,6 +27,9 @@ from fpga_export import check
 from uniq_tf import atomic, data
 from uniq_tf._keras import keras
 
+# absl prints the docstring and every flag before an app.UsageError; a bad value gets one line.
+USAGE_HINT = " (pass --helpshort to see the flags)"
+
 DATASETS = ("digits", "none")
 BUNDLE = "finn_bundle"
 DIGITS_INPUT = {"input_bits": 5, "input_scale": 1 / 16}  # pixel counts 0..16, exactly
@@ -102,18 +105,18 @@ def run(
 
 
 def main(argv) -> None:
-    from absl import app, flags
+    from absl import flags
 
     if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+        raise SystemExit(f"Unexpected arguments: {argv[1:]}{USAGE_HINT}")
     f = flags.FLAGS
     try:
         run(f.model, f.output_dir, f.dataset, f.input_shape, f.weight_grid_bits, f.target_fps,
             f.board, f.overwrite)
     except FileExistsError as error:
-        raise app.UsageError(f"{error} (flag --overwrite)") from error
+        raise SystemExit(f"{error} (flag --overwrite){USAGE_HINT}") from error
     except (ValueError, FileNotFoundError) as error:
-        raise app.UsageError(str(error)) from error
+        raise SystemExit(f"{error}{USAGE_HINT}") from error
 
 
 if __name__ == "__main__":

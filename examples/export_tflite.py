@@ -27,6 +27,9 @@ from tflite_export.samples import random_samples
 from uniq_tf import atomic, data
 from uniq_tf._keras import keras
 
+# absl prints the docstring and every flag before an app.UsageError; a bad value gets one line.
+USAGE_HINT = " (pass --helpshort to see the flags)"
+
 DATASETS = ("digits", "none")
 RANDOM_CALIBRATION_SAMPLES = 200
 
@@ -114,16 +117,16 @@ def run(
 
 
 def main(argv) -> None:
-    from absl import app, flags, logging
+    from absl import flags, logging
 
     if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+        raise SystemExit(f"Unexpected arguments: {argv[1:]}{USAGE_HINT}")
     f = flags.FLAGS
     logging.set_verbosity(logging.WARNING)  # the converter logs each SavedModel it writes
     try:
         run(f.model, f.output_dir, f.dataset, f.calibration_samples, f.int8_io, f.ranges)
     except (ValueError, FileNotFoundError, tflite_export.ExportError) as error:
-        raise app.UsageError(str(error)) from error
+        raise SystemExit(f"{error}{USAGE_HINT}") from error
 
 
 if __name__ == "__main__":

@@ -64,6 +64,9 @@ from examples.training.strategy import make_strategy, parse_tf_config  # noqa: E
 from uniq_tf import data, models  # noqa: E402
 from uniq_tf.kquantile import DISTRIBUTIONS, NOISE_MODELS  # noqa: E402
 
+# absl prints the docstring and every flag before an app.UsageError; a bad value gets one line.
+USAGE_HINT = " (pass --helpshort to see the flags)"
+
 # What callers (tests, benchmarks) import from here.
 __all__ = [
     "OUTPUTS", "BestQuantizedModel", "EpochLog", "TrainConfig", "Workspace", "check_resumable",
@@ -127,18 +130,18 @@ def _define_flags():
 
 
 def main(argv) -> None:
-    from absl import app, flags, logging
+    from absl import flags, logging
 
     # TensorFlow logs an INFO line per checkpoint, which would break the progress bars.
     logging.set_verbosity(logging.WARNING)
     if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+        raise SystemExit(f"Unexpected arguments: {argv[1:]}{USAGE_HINT}")
     values = {f.name: getattr(flags.FLAGS, f.name) for f in dataclasses.fields(TrainConfig)}
     config = TrainConfig(**values)
     try:
         prepared = prepare(config)
     except ValueError as error:  # a bad flag, found before any training
-        raise app.UsageError(str(error)) from error
+        raise SystemExit(f"{error}{USAGE_HINT}") from error
     run(config, prepared)
 
 
