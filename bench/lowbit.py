@@ -75,6 +75,8 @@ FINE_TUNED = ("uniq", "uniq_paper", "uniq_clipped", "uniq_bin", "kquantile_ste",
               "uniform_qat", "cluster_kmeans")
 POST_TRAINING = ("ptq_kquantile", "ptq_uniform")
 BITS = ((2, 8), (2, 4), (3, 8), (4, 8))
+# The reference schedule is 1.5x longer; it compares schedules at the two lowest 8-bit pairs.
+SCHEDULE_BITS = {"short": BITS, "reference": ((2, 8), (3, 8))}
 SEEDS = (0, 1, 2, 3, 4)
 FOLDS = 5
 SHIFTS = tuple((dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1))
@@ -431,11 +433,13 @@ def tables(results: dict) -> str:
     for model in results["models"]:
         floats = [100 * f["accuracy"] for f in results["float"] if f["model"] == model]
         for schedule in results["schedules"]:
-            header = ["method", "lr"] + [f"W{w}A{a}" for w, a in results["bits"]]
+            bits = [(w, a) for w, a in results["bits"]
+                    if any((model, schedule, m, w, a) in rows for m in results["methods"])]
+            header = ["method", "lr"] + [f"W{w}A{a}" for w, a in bits]
             body = []
             for method in results["methods"]:
                 cells = []
-                for w, a in results["bits"]:
+                for w, a in bits:
                     e = rows.get((model, schedule, method, w, a))
                     if e is None:
                         cells.append("-")
@@ -632,6 +636,14 @@ def _part_command(part: Part, parts_dir: str) -> list[str]:
             f"--part={json.dumps(dataclasses.asdict(part))}"]
 
 
+def _done(part: Part, parts_dir: str) -> bool:
+    """True if an earlier run (killed, or with other parts) left this part's results: a run
+    resumes where it stopped."""
+    path = Path(parts_dir, f"{part.model}_{part.schedule}_{part.method}.json")
+    return path.exists() and json.loads(path.read_text(encoding="utf-8"))["part"] == (
+        json.loads(json.dumps(dataclasses.asdict(part))))
+
+
 def _pool(commands: list[list[str]], jobs: int) -> None:
     waiting, running = list(commands), []
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2")
@@ -671,7 +683,8 @@ def main(argv=None) -> dict:
     started = time.perf_counter()
     config = configuration(args)
     parts_dir = os.path.join(output_dir, "lowbit_parts")
-    parts = [Part(m, s, method, tuple(config["seeds"]), tuple(map(tuple, config["bits"])),
+    parts = [Part(m, s, method, tuple(config["seeds"]),
+                  tuple(b for b in map(tuple, config["bits"]) if b in SCHEDULE_BITS.get(s, BITS)),
                   config["float_epochs"], args.quick)
              for m in config["models"] for s in config["schedules"]
              for method in config["methods"]]
@@ -681,7 +694,7 @@ def main(argv=None) -> dict:
            for m in config["models"]], args.jobs)
     costly = {"narrow_resnet": 3}
     parts.sort(key=lambda p: -costly.get(p.model, 1) * (p.method in FINE_TUNED))
-    _pool([_part_command(p, parts_dir) for p in parts], args.jobs)
+    _pool([_part_command(p, parts_dir) for p in parts if not _done(p, parts_dir)], args.jobs)
     results = merge(config, parts, parts_dir, args.reference)
     results["seconds"] = round(time.perf_counter() - started, 1)
     results["command"] = " ".join(["bench/lowbit.py"] + [
