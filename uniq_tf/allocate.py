@@ -40,6 +40,7 @@ DEFAULT_BATCH = 64
 # Activation widths the graph is probed with: the lowest and highest quantize_model accepts.
 _LOW, _HIGH = quantize.ACTIVATION_BITS_RANGE
 _PROBE_WEIGHT_BITS = 8
+OBJECTIVE_SCALE = 1e6
 Pair = tuple[int, int | None]
 
 
@@ -193,13 +194,25 @@ class _Program:
         return result.x
 
 
+def _scaled(candidates, sensitivity) -> dict:
+    """Sensitivities minus each layer's smallest (a constant: one pair per layer), scaled to a
+    largest of OBJECTIVE_SCALE, so that HiGHS's absolute gap (1e-6, not an option of milp)
+    is negligible and the optimum exact."""
+    shifted = {j: {c: sensitivity[j][c] - min(sensitivity[j][p] for p in pairs)
+                   for c in pairs} for j, pairs in candidates.items()}
+    top = max((v for row in shifted.values() for v in row.values()), default=0.0)
+    factor = OBJECTIVE_SCALE / top if top > 0 else 1.0
+    return {j: {c: v * factor for c, v in row.items()} for j, row in shifted.items()}
+
+
 def _program(costs: CostModel, sensitivity, max_bops, max_memory_bits) -> _Program:
     """x[j, c] one-hot per layer; per row with sources, t[r, b] one-hot over its input width
     (b >= each source's width: exact at the optimum, a wider b only costs more) and z[r, w, b]
     = x-weight-marginal times t, forced by its two marginals."""
     prog = _Program()
+    objective = _scaled(costs.candidates, sensitivity)
     for j, pairs in costs.candidates.items():
-        ones = {prog.var(("x", j, c), sensitivity[j][c]): 1.0 for c in pairs}
+        ones = {prog.var(("x", j, c), objective[j][c]): 1.0 for c in pairs}
         prog.add(ones, 1, 1)
     bops_terms: dict = {}
     memory_terms: dict = {}

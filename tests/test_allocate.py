@@ -1,0 +1,211 @@
+"""uniq_tf.allocate_bits: plans within the budget, the MILP equal to brute force, the cost
+model equal to uniq_tf.summary, measured sensitivities, clear errors."""
+
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import uniq_tf
+from uniq_tf import allocate
+from uniq_tf._keras import keras, tf
+
+L = keras.layers
+WEIGHT_BITS = (2, 4, 8)
+ACTIVATION_BITS = (4, 8)
+
+
+def residual_model() -> keras.Model:
+    """conv1-relu1-conv2-relu2, Add(relu1, relu2), pooling, fc: fc multiplies the wider of
+    conv1's and conv2's activations, conv2 multiplies conv1's."""
+    inputs = keras.Input((8, 8, 1))
+    r1 = L.ReLU(name="relu1")(L.Conv2D(4, 3, padding="same", name="conv1")(inputs))
+    r2 = L.ReLU(name="relu2")(L.Conv2D(4, 3, padding="same", name="conv2")(r1))
+    pooled = L.GlobalAveragePooling2D(name="pool")(L.Add(name="add")([r1, r2]))
+    return keras.Model(inputs, L.Dense(10, name="fc")(pooled), name="residual")
+
+
+CANDIDATES = {
+    "conv1": [(w, a) for w in WEIGHT_BITS for a in ACTIVATION_BITS],
+    "conv2": [(w, a) for w in WEIGHT_BITS for a in ACTIVATION_BITS],
+    "fc": [(w, None) for w in WEIGHT_BITS],  # owns no activation quantizer
+}
+
+
+@pytest.fixture(scope="module")
+def setup():
+    keras.utils.set_random_seed(1)
+    model = residual_model()
+    x = np.random.RandomState(0).rand(128, 8, 8, 1).astype("float32")
+    costs = allocate.cost_model(model, CANDIDATES, {})
+    sensitivity, _ = allocate.measure_sensitivity(model, x, CANDIDATES, batches=2)
+    return model, x, costs, sensitivity
+
+
+def plans():
+    for choice in itertools.product(*CANDIDATES.values()):
+        yield dict(zip(CANDIDATES, choice, strict=True))
+
+
+def summary_costs(model, plan) -> tuple[float, float]:
+    report = uniq_tf.summary(model, 8, 8, layer_bits=plan)
+    return report.total_bops, report.total_weight_memory_bits
+
+
+def test_candidates_follow_activation_ownership(setup):
+    model, *_ = setup
+    candidates, fixed = allocate._candidates(model, WEIGHT_BITS, ACTIVATION_BITS, {}, set())
+    assert candidates == CANDIDATES
+    assert fixed == {}
+
+
+def test_cost_model_equals_summary_on_every_plan(setup):
+    model, _, costs, _ = setup
+    assert costs.rows[2].sources == ("conv1", "conv2")  # fc: the Add takes the wider input
+    for plan in plans():
+        bops, memory = costs.totals(plan)
+        assert (bops, memory) == pytest.approx(summary_costs(model, plan), rel=1e-12)
+
+
+def test_sensitivity_is_measured_and_grows_as_bits_shrink(setup):
+    *_, sensitivity = setup
+    for name, pairs in CANDIDATES.items():
+        assert set(sensitivity[name]) == set(pairs)
+        assert all(s >= 0 for s in sensitivity[name].values())  # a KL divergence
+        widest = max(pairs, key=lambda p: (p[0], p[1] or 0))
+        narrowest = min(pairs, key=lambda p: (p[0], p[1] or 0))
+        assert sensitivity[name][narrowest] > 10 * sensitivity[name][widest]
+
+
+def brute_force(model, sensitivity, max_bops=None, max_bits=None):
+    best = None
+    for plan in plans():
+        bops, memory = summary_costs(model, plan)
+        if (max_bops is not None and bops > max_bops) or (max_bits is not None
+                                                          and memory > max_bits):
+            continue
+        value = sum(sensitivity[n][p] for n, p in plan.items())
+        if best is None or value < best[0]:
+            best = (value, plan)
+    return best
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.1, 0.3, 0.6, 0.9])
+@pytest.mark.parametrize("kind", ["measured", "random"])
+def test_milp_equals_brute_force(setup, fraction, kind):
+    model, _, costs, sensitivity = setup
+    if kind == "random":
+        rng = np.random.default_rng(int(fraction * 10))
+        sensitivity = {n: {p: float(rng.random()) for p in pairs}
+                       for n, pairs in CANDIDATES.items()}
+    low, _ = costs.totals(costs.cheapest())
+    high = max(costs.totals(plan)[0] for plan in plans())
+    max_bops = low + fraction * (high - low)
+    plan = allocate.solve(costs, sensitivity, max_bops)
+    value = sum(sensitivity[n][p] for n, p in plan.items())
+    expected, _ = brute_force(model, sensitivity, max_bops)
+    assert value == pytest.approx(expected, rel=1e-9, abs=1e-15)
+    assert summary_costs(model, plan)[0] <= max_bops
+
+
+def test_milp_equals_brute_force_with_a_memory_budget(setup):
+    model, _, costs, sensitivity = setup
+    memories = sorted({summary_costs(model, plan)[1] for plan in plans()})
+    max_bits = memories[len(memories) // 3]
+    plan = allocate.solve(costs, sensitivity, max_weight_bits=max_bits)
+    expected, _ = brute_force(model, sensitivity, max_bits=max_bits)
+    assert sum(sensitivity[n][p] for n, p in plan.items()) == pytest.approx(expected, rel=1e-9)
+    assert summary_costs(model, plan)[1] <= max_bits
+
+
+@settings(max_examples=30, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(bops_fraction=st.floats(0, 1.2), memory_fraction=st.one_of(st.none(), st.floats(0, 1.2)))
+def test_plan_never_exceeds_the_budget(setup, bops_fraction, memory_fraction):
+    model, _, costs, sensitivity = setup
+    cheapest = costs.totals(costs.cheapest())
+    widest = costs.totals({n: pairs[-1] for n, pairs in CANDIDATES.items()})
+    max_bops = cheapest[0] + bops_fraction * (widest[0] - cheapest[0])
+    max_bits = (None if memory_fraction is None
+                else cheapest[1] + memory_fraction * (widest[1] - cheapest[1]))
+    plan = allocate.solve(costs, sensitivity, max_bops, max_bits)
+    bops, memory = summary_costs(model, plan)
+    assert bops <= max_bops
+    assert max_bits is None or memory <= max_bits
+    assert all(plan[n] in pairs for n, pairs in CANDIDATES.items())
+
+
+def test_allocate_bits_end_to_end(setup):
+    model, x, costs, _ = setup
+    budget = uniq_tf.summary(model, 2, 8).total_bops
+    plan, report = uniq_tf.allocate_bits(model, x, max_bops=budget, weight_bits=WEIGHT_BITS,
+                                         activation_bits=ACTIVATION_BITS, batches=2)
+    assert set(plan) == set(CANDIDATES) and plan["fc"][1] is None
+    priced = uniq_tf.summary(model, 8, 8, layer_bits=plan)
+    assert priced.total_bops <= budget
+    assert report.total_bops == pytest.approx(priced.total_bops, rel=1e-12)
+    assert [row["bops"] for row in report.layers] == pytest.approx(
+        [row["bops"] for row in priced.layers if row["weight_bits"]], rel=1e-12)
+    # 2 batches x (reference + 2 calibrations + 15 pairs)
+    assert report.forward_passes == 2 * (1 + 2 + 15)
+    assert "of a budget of" in report.table()
+    qmodel = uniq_tf.quantize_model(model, layer_bits=plan)
+    assert uniq_tf.summary(qmodel).total_bops == pytest.approx(priced.total_bops, rel=1e-12)
+
+
+def test_a_budget_at_the_smallest_plan_gives_it(setup):
+    model, x, costs, _ = setup
+    low, _ = costs.totals(costs.cheapest())
+    plan, report = uniq_tf.allocate_bits(model, x, max_bops=low, weight_bits=WEIGHT_BITS,
+                                         activation_bits=ACTIVATION_BITS, batches=1)
+    assert plan == {"conv1": (2, 4), "conv2": (2, 4), "fc": (2, None)}
+    assert report.total_bops <= low
+
+
+def test_pinned_layers_keep_their_bits(setup):
+    model, x, _, _ = setup
+    budget = uniq_tf.summary(model, 4, 8).total_bops
+    plan, _ = uniq_tf.allocate_bits(model, x, max_bops=budget, batches=1,
+                                    layer_bits={"conv1": (8, None), "fc": (8, 8)})
+    assert plan["conv1"][0] == 8 and plan["fc"] == (8, None)
+
+
+def test_errors_are_clear(setup):
+    model, x, costs, _ = setup
+    low, low_bits = costs.totals(costs.cheapest())
+    with pytest.raises(ValueError, match="needs a budget"):
+        uniq_tf.allocate_bits(model, x)
+    with pytest.raises(ValueError, match=f"below the smallest plan's {low:.6g} BOPs"):
+        uniq_tf.allocate_bits(model, x, max_bops=low * 0.99, weight_bits=WEIGHT_BITS,
+                              activation_bits=ACTIVATION_BITS)
+    with pytest.raises(ValueError, match=f"smallest plan's {low_bits / 8:.6g} bytes"):
+        uniq_tf.allocate_bits(model, x, max_weight_bytes=low_bits / 8 - 1,
+                              weight_bits=WEIGHT_BITS)
+    with pytest.raises(ValueError, match=r"Unknown layer names \['nope'\]"):
+        uniq_tf.allocate_bits(model, x, max_bops=1e9, skip_layers=["nope"])
+    with pytest.raises(ValueError, match=r"Unknown layer names \['nope'\]"):
+        uniq_tf.allocate_bits(model, x, max_bops=1e9, layer_bits={"nope": (4, 8)})
+    with pytest.raises(ValueError, match="pins kernel layers only"):
+        uniq_tf.allocate_bits(model, x, max_bops=1e9, layer_bits={"relu1": (None, 8)})
+    with pytest.raises(ValueError, match="no batch"):
+        uniq_tf.allocate_bits(model, x[:0], max_bops=1e9)
+    with pytest.raises(ValueError, match="no batch"):
+        uniq_tf.allocate_bits(model, tf.data.Dataset.from_tensor_slices(x).take(0),
+                              max_bops=1e9)
+    with pytest.raises(ValueError, match="needs .inputs, labels. batches"):
+        uniq_tf.allocate_bits(model, x, max_bops=1e9, metric="loss")
+    with pytest.raises(ValueError, match=r"weight_bits must be in 1..16, got 17"):
+        uniq_tf.allocate_bits(model, x, max_bops=1e9, weight_bits=(2, 17))
+    with pytest.raises(ValueError, match="max_bops must be a positive number"):
+        uniq_tf.allocate_bits(model, x, max_bops=-1)
+
+
+def test_loss_metric_uses_labels(setup):
+    model, x, _, _ = setup
+    y = np.arange(len(x)) % 10
+    sensitivity, _ = allocate.measure_sensitivity(model, (x, y), {"conv1": [(2, 4), (8, 8)]},
+                                                  batches=2, metric="loss")
+    # The cross-entropy change of a 2-bit layer is larger than an 8-bit one's.
+    assert abs(sensitivity["conv1"][(2, 4)]) > abs(sensitivity["conv1"][(8, 8)])
