@@ -209,3 +209,30 @@ def test_loss_metric_uses_labels(setup):
                                                   batches=2, metric="loss")
     # The cross-entropy change of a 2-bit layer is larger than an 8-bit one's.
     assert abs(sensitivity["conv1"][(2, 4)]) > abs(sensitivity["conv1"][(8, 8)])
+
+
+def test_summary_shows_the_plan_against_its_budget(setup):
+    model, _, _, _ = setup
+    plan = {"conv1": (8, 4), "conv2": (2, 8), "fc": (4, None)}
+    report = uniq_tf.summary(model, 8, 8, layer_bits=plan, max_bops=1e12,
+                             max_weight_bytes=10.0)
+    rows = {row["name"]: row for row in report.layers}
+    assert (rows["conv2"]["weight_bits"], rows["conv2"]["activation_bits"]) == (2, 4)
+    assert (rows["fc"]["weight_bits"], rows["fc"]["activation_bits"]) == (4, 8)
+    text = report.table()
+    assert f"Budget of BOPs: 1e+12; the plan uses {report.total_bops:.6g}" in text
+    assert "within budget" in text and "OVER budget" in text  # 10 bytes is too few
+    assert "Budget" not in uniq_tf.summary(model, 8, 8, layer_bits=plan).table()
+
+
+def test_tradeoff_plot_draws_the_budget_lines():
+    from uniq_tf.plots import tradeoff_figure
+
+    points = [{"method": "uniform", "bops": 1e6, "accuracy": 90.0},
+              {"method": "allocated", "bops": 9e5, "accuracy": 91.0}]
+    figure = tradeoff_figure(points, budget=[1e6, 2e6])
+    vertical = [tuple(line.get_xdata()) for line in figure.axes[0].lines
+                if line.get_linestyle() == ":"]
+    assert vertical == [(1e6, 1e6), (2e6, 2e6)]
+    with pytest.raises(ValueError, match="budget must be a finite number of BOPs > 0"):
+        tradeoff_figure(points, budget=-1)

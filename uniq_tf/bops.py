@@ -248,6 +248,8 @@ class BopsReport:
     model: str
     input_bits: int
     layers: list[dict]
+    max_bops: float | None = None
+    max_weight_bytes: float | None = None
 
     @property
     def total_bops(self) -> float:
@@ -331,6 +333,8 @@ def summary(
     skip_layers: Iterable[str] = (),
     per_channel: bool = False,
     input_bits: int = 8,
+    max_bops: float | None = None,
+    max_weight_bytes: float | None = None,
 ) -> BopsReport:
     """Per-layer MACs, BOPs (paper and MACs x b_w x b_a), bit widths and weight memory.
 
@@ -344,6 +348,8 @@ def summary(
     Args:
         model: a built tf_keras Sequential/Functional model with a fixed input shape.
         input_bits: the width of the model input (8 for image data), 1..32.
+        max_bops, max_weight_bytes: budgets (e.g. those given to ``uniq_tf.allocate_bits``)
+            the table's totals are shown against.
     """
     model = require_keras2_model(model)
     _check_priceable(model, f"model {model.name!r}")
@@ -375,7 +381,8 @@ def summary(
         configs = _plan(model, weight_bits, activation_bits, layer_bits, skip_layers, per_channel)
     else:
         configs = {}
-    return BopsReport(model.name, input_bits, _rows(model, BitResolver(configs, input_bits)))
+    return BopsReport(model.name, input_bits, _rows(model, BitResolver(configs, input_bits)),
+                      max_bops, max_weight_bytes)
 
 
 def _check_priceable(model, where: str) -> None:
@@ -549,4 +556,18 @@ def _format_table(report: BopsReport) -> str:
         f"Total BOPs (MACs x b_w x b_a): {report.total_bops_simple:,}",
         f"Weight memory: {report.total_weight_memory_bits / 8 / 2**20:.3f} MiB "
         f"({ratio:.2f}x smaller than float32's {float_bits / 8 / 2**20:.3f} MiB)",
+        *_budget_lines(report),
     ])
+
+
+def _budget_lines(report: BopsReport) -> list[str]:
+    lines = []
+    for what, used, budget in (
+        ("BOPs", report.total_bops, report.max_bops),
+        ("weight bytes", report.total_weight_memory_bits / 8, report.max_weight_bytes),
+    ):
+        if budget is not None:
+            verdict = "within" if used <= budget else "OVER"
+            lines.append(f"Budget of {what}: {budget:.6g}; the plan uses {used:.6g} "
+                         f"({100 * used / budget:.1f} %, {verdict} budget)")
+    return lines

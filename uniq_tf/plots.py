@@ -107,6 +107,7 @@ def tradeoff_figure(
     published: bool = False,
     title: str = "Accuracy vs. BOPs",
     accuracy_label: str = "top-1 accuracy (%)",
+    budget: float | Sequence[float] | None = None,
 ):
     """The matplotlib Figure :func:`plot_tradeoff` saves (same arguments, no path)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -142,6 +143,9 @@ def tradeoff_figure(
               label="Pareto front")
     axes.scatter(xs, ys, s=160, facecolors="none", edgecolors="black", linewidths=1.2,
                  zorder=3, label="_front points")
+    for i, value in enumerate(_budgets(budget)):
+        axes.axvline(value, color="grey", linestyle=":", linewidth=1.2,
+                     label="BOPs budget" if i == 0 else "_budget")
     axes.set_xscale("log")
     axes.set_xlabel("BOPs (bit operations, Baskin et al. 2021; log scale)")
     axes.set_ylabel(accuracy_label)
@@ -151,12 +155,23 @@ def tradeoff_figure(
     return figure
 
 
+def _budgets(budget) -> list[float]:
+    values = [] if budget is None else [budget] if isinstance(budget, Real) else list(budget)
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, Real) or not (
+                math.isfinite(value) and value > 0):
+            raise ValueError(f"budget must be a finite number of BOPs > 0 (or a list of them), "
+                             f"got {value!r}")
+    return [float(v) for v in values]
+
+
 def plot_tradeoff(
     points: Sequence[Mapping],
     path: str | os.PathLike,
     published: bool = False,
     title: str = "Accuracy vs. BOPs",
     accuracy_label: str = "top-1 accuracy (%)",
+    budget: float | Sequence[float] | None = None,
 ) -> str:
     """Writes a PNG of accuracy against BOPs (log scale): one series per ``method``, optional
     error bars (``std``) and point labels (``label``), and the Pareto front of all plotted
@@ -169,12 +184,15 @@ def plot_tradeoff(
             an existing file untouched).
         published: overlay the UNIQ paper's ImageNet points (ResNet-18, MobileNet v1 at
             224x224, see :func:`published_points`); they join the Pareto front.
+        budget: BOPs budget(s), e.g. given to ``uniq_tf.allocate_bits``, drawn as dotted
+            vertical lines.
     Returns: ``path`` as a string.
     """
     path = os.fspath(path)
     if not path.lower().endswith(".png"):
         raise ValueError(f"plot_tradeoff writes PNG files; path must end in .png, got {path!r}")
-    _save_atomic(tradeoff_figure(points, published, title, accuracy_label), path)
+    figure = tradeoff_figure(points, published, title, accuracy_label, budget)
+    _save_atomic(figure, path)
     return path
 
 
