@@ -2,6 +2,7 @@
 
     .venv/bin/python examples/train.py                   # small_cnn on digits, W4A8, < 1 min
     .venv/bin/python examples/train.py --weight_bits=2
+    .venv/bin/python examples/train.py --max_bops=0.03   # per-layer bits within 3 % of float BOPs
     .venv/bin/python examples/train.py --model=resnet20 --dataset=cifar10 --data_dir=DATA \\
         --float_epochs=160 --optimizer=sgd --learning_rate=0.1 --weight_decay=1e-4 \\
         --epochs_per_stage=2 --uniq_learning_rate=0.01 --batch_size=128
@@ -13,7 +14,10 @@
 Steps (shared/uniq-method.md section 3): load the data; train the float model (or load
 ``--pretrained``); evaluate it; ``uniq_tf.quantize_model``; calibrate the activation ranges on a
 few training batches; fine-tune with ``uniq_tf.callbacks.GradualQuantization`` (warm-up, one
-stage per layer or block, final epochs); evaluate with every quantizer on. ``--output_dir``
+stage per layer or block, final epochs); evaluate with every quantizer on. With a budget
+(``--max_bops``, ``--max_weight_kb``), ``uniq_tf.allocate_bits`` chooses each layer's bits on
+the trained float model before quantizing (summary.json's "allocation"; bops.txt ends with the
+budget line). ``--output_dir``
 receives float_model.h5, quantized_model.h5 (load it inside ``uniq_tf.quantize_scope()``),
 best_quantized_model.h5 (the fully quantized epoch with the best validation accuracy),
 history.json, summary.json (with the per-layer BOPs) and bops.txt (the BOPs table). Every flag
@@ -126,6 +130,17 @@ def _define_flags():
     flags.DEFINE_string("output_dir", d.output_dir, "Where the outputs go (and the backups that "
                         "let a killed run resume when the same command runs again).")
     flags.DEFINE_integer("verbose", d.verbose, "0 silent, 1 progress bars.")
+    flags.DEFINE_float("max_bops", d.max_bops, "BOPs budget (0: none; <= 1: a fraction of the "
+                       "float model's): per-layer bits chosen by uniq_tf.allocate_bits after "
+                       "the float phase replace --weight_bits/--activation_bits.")
+    flags.DEFINE_float("max_weight_kb", d.max_weight_kb, "Weight memory budget in kB of 1000 "
+                       "bytes (0: none; <= 1: a fraction of the float model's).")
+    flags.DEFINE_string("allocation_weight_bits", d.allocation_weight_bits, "Candidate weight "
+                        "bits of the budget's allocation.")
+    flags.DEFINE_string("allocation_activation_bits", d.allocation_activation_bits, "Candidate "
+                        "activation bits of the budget's allocation.")
+    flags.DEFINE_integer("allocation_batches", d.allocation_batches, "Training batches the "
+                         "allocation measures each layer's sensitivity on.")
     return flags.FLAGS
 
 

@@ -1,6 +1,7 @@
 """uniq_tf.allocate_bits: plans within the budget, the MILP equal to brute force, the cost
 model equal to uniq_tf.summary, measured sensitivities, clear errors."""
 
+import dataclasses
 import itertools
 
 import numpy as np
@@ -236,3 +237,35 @@ def test_tradeoff_plot_draws_the_budget_lines():
     assert vertical == [(1e6, 1e6), (2e6, 2e6)]
     with pytest.raises(ValueError, match="budget must be a finite number of BOPs > 0"):
         tradeoff_figure(points, budget=-1)
+
+
+def test_training_script_trains_a_budget_end_to_end(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from examples import train
+
+    config = train.TrainConfig(
+        float_epochs=2, stages=2, epochs_per_stage=1, final_epochs=1, calibration_steps=2,
+        max_steps_per_epoch=4, max_bops=0.025, allocation_weight_bits="2,4,8",
+        allocation_batches=1, layer_bits="fc=8:", output_dir=str(tmp_path / "out"),
+        verbose=0)
+    summary = train.run(config)
+    allocation = summary["allocation"]
+    float_bops = summary["bops"]["float_bops"]
+    assert allocation["max_bops"] == pytest.approx(0.025 * float_bops)
+    assert summary["bops"]["quantized_bops"] <= allocation["max_bops"]
+    assert summary["bops"]["quantized_bops"] == pytest.approx(allocation["total_bops"])
+    plan = {row["name"]: row["weight_bits"] for row in allocation["layers"]}
+    assert plan["fc"] == 8  # pinned
+    trained = {name: book["bits"] for name, book in summary["codebooks"].items()}
+    assert trained == plan  # the quantized model holds the plan's widths
+    assert summary["layer_bits"]["conv1"][0] == plan["conv1"]
+    assert "Budget of BOPs" in (tmp_path / "out" / "bops.txt").read_text()
+    with pytest.raises(ValueError, match="below the smallest plan's"):  # before training
+        train.prepare(dataclasses.replace(config, max_bops=0.01, output_dir=str(tmp_path)))
+    with pytest.raises(ValueError, match="max_bops must be a number >= 0"):
+        train.validate_config(train.TrainConfig(max_bops=-1))
+    with pytest.raises(ValueError, match=r"allocation_weight_bits: bit widths must be in 1..16"):
+        train.validate_config(train.TrainConfig(max_bops=0.1, allocation_weight_bits="2,32"))

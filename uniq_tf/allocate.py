@@ -522,6 +522,44 @@ def _check_reachable(costs: CostModel, max_bops, max_weight_bytes) -> None:
             "narrower weight_bits.")
 
 
+def check_budget(
+    model,
+    *,
+    max_bops: float | None = None,
+    max_weight_bytes: float | None = None,
+    weight_bits: Sequence[int] = (2, 3, 4, 8),
+    activation_bits: Sequence[int] = (4, 8),
+    layer_bits: Mapping[str, tuple[int | None, int | None]] | None = None,
+    skip_layers: Iterable[str] = (),
+    per_channel: bool = False,
+    input_bits: int = 8,
+) -> CostModel:
+    """The checks of :func:`allocate_bits` that need no data (run them before training).
+
+    Args: as :func:`allocate_bits`.
+
+    Returns:
+        the :class:`CostModel` of the plans over the candidates.
+
+    Raises:
+        ValueError: as :func:`allocate_bits`, except for the data.
+    """
+    model = require_keras2_model(model)
+    max_bops = _check_budget(max_bops, "max_bops")
+    max_weight_bytes = _check_budget(max_weight_bytes, "max_weight_bytes")
+    if max_bops is None and max_weight_bytes is None:
+        raise ValueError("allocate_bits needs a budget: max_bops and/or max_weight_bytes")
+    weight_bits = _check_widths(weight_bits, quantize.WEIGHT_BITS_RANGE, "weight_bits")
+    activation_bits = _check_widths(activation_bits, quantize.ACTIVATION_BITS_RANGE,
+                                    "activation_bits")
+    pinned, skip_layers = quantize.check_layer_overrides(model, layer_bits, skip_layers)
+    candidates, fixed_plan = _candidates(model, weight_bits, activation_bits, pinned,
+                                         skip_layers)
+    costs = cost_model(model, candidates, fixed_plan, skip_layers, per_channel, input_bits)
+    _check_reachable(costs, max_bops, max_weight_bytes)
+    return costs
+
+
 def allocate_bits(
     model,
     data,
@@ -578,26 +616,20 @@ def allocate_bits(
     """
     start = time.perf_counter()
     model = require_keras2_model(model)
-    max_bops = _check_budget(max_bops, "max_bops")
-    max_weight_bytes = _check_budget(max_weight_bytes, "max_weight_bytes")
-    if max_bops is None and max_weight_bytes is None:
-        raise ValueError("allocate_bits needs a budget: max_bops and/or max_weight_bytes")
-    weight_bits = _check_widths(weight_bits, quantize.WEIGHT_BITS_RANGE, "weight_bits")
-    activation_bits = _check_widths(activation_bits, quantize.ACTIVATION_BITS_RANGE,
-                                    "activation_bits")
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
     if isinstance(batches, bool) or not isinstance(batches, (int, np.integer)) or batches < 1:
         raise ValueError(f"batches must be a positive integer, got {batches!r}")
     batch_list = _batches(data, batches)
-    pinned, skip_layers = quantize.check_layer_overrides(model, layer_bits, skip_layers)
-    candidates, fixed_plan = _candidates(model, weight_bits, activation_bits, pinned,
-                                         skip_layers)
-    costs = cost_model(model, candidates, fixed_plan, skip_layers, per_channel, input_bits)
-    _check_reachable(costs, max_bops, max_weight_bytes)
+    costs = check_budget(model, max_bops=max_bops, max_weight_bytes=max_weight_bytes,
+                         weight_bits=weight_bits, activation_bits=activation_bits,
+                         layer_bits=layer_bits, skip_layers=skip_layers,
+                         per_channel=per_channel, input_bits=input_bits)
+    skip_layers = quantize.check_layer_overrides(model, None, skip_layers)[1]
     sensitivity, passes = measure_sensitivity(
-        model, batch_list, candidates, batches=batches, metric=metric, from_logits=from_logits,
-        skip_layers=skip_layers, per_channel=per_channel, distribution=distribution)
+        model, batch_list, costs.candidates, batches=batches, metric=metric,
+        from_logits=from_logits, skip_layers=skip_layers, per_channel=per_channel,
+        distribution=distribution)
     plan = solve(costs, sensitivity, max_bops,
                  None if max_weight_bytes is None else 8 * max_weight_bytes)
     per_layer = costs.layer_costs(plan)
@@ -611,4 +643,4 @@ def allocate_bits(
     } for name, (w, a) in plan.items()]
     report = AllocationReport(model.name, metric, layers, total_bops, total_bits / 8, max_bops,
                               max_weight_bytes, passes, round(time.perf_counter() - start, 2))
-    return {**plan, **fixed_plan}, report
+    return {**plan, **costs.fixed_plan}, report

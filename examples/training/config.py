@@ -39,6 +39,11 @@ class TrainConfig:
         GradualQuantization (first_stage_epochs 0: epochs_per_stage). lr_schedule "step":
         constant, then a tenth for the final epochs. preset "reference": the fields of
         REFERENCE_PRESET and a first stage of 2 x epochs_per_stage, over what is set here.
+        max_bops, max_weight_kb: a budget (0: none; a value <= 1 is a fraction of the float
+        model's): after the float phase, uniq_tf.allocate_bits chooses per-layer bits among
+        allocation_weight_bits x allocation_activation_bits ("2,3,4,8") on
+        allocation_batches training batches, pinning the layers of layer_bits; the plan
+        replaces weight_bits/activation_bits. max_weight_kb counts 1000 bytes.
     """
 
     model: str = "small_cnn"
@@ -76,6 +81,11 @@ class TrainConfig:
     strategy: str = "default"
     output_dir: str = "outputs/train"
     verbose: int = 1
+    max_bops: float = 0.0
+    max_weight_kb: float = 0.0
+    allocation_weight_bits: str = "2,3,4,8"
+    allocation_activation_bits: str = "4,8"
+    allocation_batches: int = 4
 
 
 # ---------------------------------------------------------------- parsing and validation
@@ -117,6 +127,43 @@ def parse_stages(value: str | int | list) -> str | int | list[list[str]]:
             f'layer names ("conv1,conv2;fc"), got {value!r}'
         )
     return stages
+
+
+def parse_bit_list(value: str, field: str) -> tuple[int, ...]:
+    """ "2,3,4,8" -> (2, 3, 4, 8)."""
+    try:
+        widths = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError as error:
+        raise ValueError(f"{field} must be comma-separated bit widths (e.g. \"2,4,8\"), "
+                         f"got {value!r}") from error
+    if not widths:
+        raise ValueError(f"{field} must list at least one bit width, got {value!r}")
+    return widths
+
+
+def has_budget(config: TrainConfig) -> bool:
+    return bool(config.max_bops or config.max_weight_kb)
+
+
+def _check_budget(config: TrainConfig) -> None:
+    for field in ("max_bops", "max_weight_kb"):
+        value = getattr(config, field)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+            raise ValueError(f"{field} must be a number >= 0 (0: no budget; <= 1: a fraction "
+                             f"of the float model's), got {value!r}")
+    _check_int(config, "allocation_batches", 1)
+    for field, allowed in (("allocation_weight_bits", WEIGHT_BITS_RANGE),
+                           ("allocation_activation_bits", ACTIVATION_BITS_RANGE)):
+        bad = [b for b in parse_bit_list(getattr(config, field), field)
+               if not allowed[0] <= b <= allowed[1]]
+        if bad:
+            raise ValueError(f"{field}: bit widths must be in {allowed[0]}..{allowed[1]}, "
+                             f"got {bad}")
+    if has_budget(config) and config.strategy == "multi_worker":
+        raise ValueError("max_bops/max_weight_kb with --strategy=multi_worker is not "
+                         "supported: each worker would measure sensitivity on its own shard "
+                         "and could choose another plan. Allocate once (uniq_tf.allocate_bits) "
+                         "and pass the plan as --layer_bits.")
 
 
 def parse_names(value: str | Sequence[str]) -> tuple[str, ...]:
@@ -188,6 +235,7 @@ def validate_config(config: TrainConfig) -> None:
         )
     parse_layer_bits(config.layer_bits)
     parse_stages(config.stages)
+    _check_budget(config)
     if config.strategy == "multi_worker":
         parse_tf_config(os.environ.get("TF_CONFIG"))
     elif os.environ.get("TF_CONFIG"):

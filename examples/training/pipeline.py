@@ -15,6 +15,8 @@ import uniq_tf
 from examples.training.config import (
     TrainConfig,
     apply_preset,
+    has_budget,
+    parse_bit_list,
     parse_layer_bits,
     parse_names,
     parse_stages,
@@ -175,6 +177,8 @@ def prepare(config: TrainConfig):
     # Quantizing the untrained model checks layer_bits/skip_layers names and the stage plan
     # now, instead of after the float training.
     planned = make_schedule(config).plan(quantize(config, model))
+    if has_budget(config):  # a budget below the smallest plan fails now, not after training
+        uniq_tf.allocate.check_budget(model, **_allocation_args(config, model))
     return train, test, info, model, planned, strategy
 
 
@@ -205,6 +209,50 @@ def train_float(config: TrainConfig, ws: Workspace, strategy, model: keras.Model
     if ws.is_chief:
         atomic.write_json(record_path, record)  # from here on a restart skips the float training
         shutil.rmtree(ws.state("float"), ignore_errors=True)
+    return record
+
+
+def _budget(value: float, float_value: float, unit: float = 1.0) -> float | None:
+    """None for 0; a value <= 1 is a fraction of the float model's ``float_value``, a larger
+    one counts ``unit``s."""
+    if not value:
+        return None
+    return value * float_value if value <= 1 else value * unit
+
+
+def _allocation_args(config: TrainConfig, model: keras.Model) -> dict:
+    """The budgets (fractions resolved against the float model) and candidates."""
+    floats = uniq_tf.summary(model)
+    return dict(
+        max_bops=_budget(config.max_bops, floats.total_bops),
+        max_weight_bytes=_budget(config.max_weight_kb, floats.total_weight_memory_bits / 8,
+                                 unit=1000),
+        weight_bits=parse_bit_list(config.allocation_weight_bits, "allocation_weight_bits"),
+        activation_bits=parse_bit_list(config.allocation_activation_bits,
+                                       "allocation_activation_bits"),
+        layer_bits=parse_layer_bits(config.layer_bits),
+        skip_layers=parse_names(config.skip_layers), per_channel=config.per_channel,
+    )
+
+
+def allocate(config: TrainConfig, ws: Workspace, model: keras.Model, train) -> dict | None:
+    """The budget's plan: uniq_tf.allocate_bits on the trained float model (None without a
+    budget). Returns {"plan": {layer: [w, a]}, "report": AllocationReport.to_dict()}, kept in
+    the backup folder so that a resumed run trains the same plan."""
+    if not has_budget(config):
+        return None
+    path = ws.state("allocation.json")
+    if os.path.isfile(path):
+        return load_json(path)
+    plan, report = uniq_tf.allocate_bits(
+        model, train, batches=config.allocation_batches, distribution=config.distribution,
+        **_allocation_args(config, model))
+    record = {"plan": {name: list(pair) for name, pair in plan.items()},
+              "report": report.to_dict()}
+    if config.verbose:
+        print(report, flush=True)
+    if ws.is_chief:
+        atomic.write_json(path, record)
     return record
 
 
@@ -267,6 +315,10 @@ def run(config: TrainConfig, prepared: tuple | None = None) -> dict:
               f"replica(s), global batch {config.batch_size}; this process: {ws.role}",
               flush=True)
     floats = train_float(config, ws, strategy, model, train, test)
+    allocation = allocate(config, ws, model, train)
+    if allocation is not None:  # the plan sets every kernel layer's bits
+        config = dataclasses.replace(config, layer_bits={
+            name: tuple(pair) for name, pair in allocation["plan"].items()})
 
     start = time.perf_counter()
     qmodel, uniq_history, before_accuracy, quantized_accuracy, best = train_uniq(
@@ -275,7 +327,9 @@ def run(config: TrainConfig, prepared: tuple | None = None) -> dict:
     uniq_seconds = time.perf_counter() - start
     save_model(qmodel, ws.out("quantized_model.h5"))
     atomic.write_json(ws.out("history.json"), {"float": floats["history"], "uniq": uniq_history})
-    report = uniq_tf.summary(qmodel)
+    budgets = allocation["report"] if allocation else {}
+    report = uniq_tf.summary(qmodel, max_bops=budgets.get("max_bops"),
+                             max_weight_bytes=budgets.get("max_weight_bytes"))
     atomic.write_text(ws.out("bops.txt"), report.table() + "\n")
 
     stages = [int(s) for s in uniq_history.get(STAGE_LOG_KEY, [])]
@@ -293,6 +347,7 @@ def run(config: TrainConfig, prepared: tuple | None = None) -> dict:
         "layer_bits": {k: list(v) for k, v in parse_layer_bits(config.layer_bits).items()},
         "skip_layers": list(parse_names(config.skip_layers)),
         "stages": planned,
+        "allocation": allocation and allocation["report"],
         "epochs": {
             "float": config.float_epochs,
             "warmup": config.warmup_epochs,
