@@ -269,3 +269,31 @@ def test_training_script_trains_a_budget_end_to_end(tmp_path):
         train.validate_config(train.TrainConfig(max_bops=-1))
     with pytest.raises(ValueError, match=r"allocation_weight_bits: bit widths must be in 1..16"):
         train.validate_config(train.TrainConfig(max_bops=0.1, allocation_weight_bits="2,32"))
+
+
+def test_bench_pairs_by_seed_and_splices_before_the_findings():
+    import sys
+    from pathlib import Path
+
+    from scipy import stats
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from bench import allocation
+
+    uniform, allocated = [0.90, 0.92, 0.95], [0.91, 0.95, 0.96]
+    runs = [{"seed": s, "method": m, "accuracy": a}
+            for m, accs in (("uniform", uniform), ("allocated", allocated))
+            for s, a in enumerate(accs)]
+    diff, half, n = allocation.paired(runs)
+    d = 100 * (np.array(allocated) - np.array(uniform))
+    low, high = stats.ttest_rel(100 * np.array(allocated), 100 * np.array(uniform)
+                                ).confidence_interval()
+    assert (diff, n) == (pytest.approx(d.mean()), 3)
+    assert (diff - half, diff + half) == (pytest.approx(low), pytest.approx(high))
+    page = "# B\n\n<!-- lowbit:start -->\nL\n<!-- lowbit:end -->\n\n## Findings\nF\n"
+    text = f"{allocation.SECTION_START}\nA1\n{allocation.SECTION_END}\n"
+    once = allocation.splice(page, text)
+    assert once.index("<!-- lowbit:end -->") < once.index("A1") < once.index("## Findings")
+    again = allocation.splice(once, text.replace("A1", "A2"))
+    assert "A1" not in again and again.count("A2") == 1
+    assert again.replace("A2", "A1") == once

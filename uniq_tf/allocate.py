@@ -625,7 +625,6 @@ def allocate_bits(
                          weight_bits=weight_bits, activation_bits=activation_bits,
                          layer_bits=layer_bits, skip_layers=skip_layers,
                          per_channel=per_channel, input_bits=input_bits)
-    skip_layers = quantize.check_layer_overrides(model, None, skip_layers)[1]
     sensitivity, passes = measure_sensitivity(
         model, batch_list, costs.candidates, batches=batches, metric=metric,
         from_logits=from_logits, skip_layers=skip_layers, per_channel=per_channel,
