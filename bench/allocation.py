@@ -312,8 +312,13 @@ def main(argv=None) -> dict:
     output_dir = os.path.abspath(args.output_dir)
     runs = []
     for name in names:
-        runs += run_model(name, seeds, budgets, os.path.join(output_dir, "float_models"),
-                          float_epochs, lambda m: print(m, flush=True))
+        # Each model's runs are kept, so a killed run starts again at the next model.
+        part = Path(output_dir, "parts", f"{name}_{len(seeds)}seeds_{len(budgets)}budgets.json")
+        if not part.exists():
+            common.write_json(str(part), run_model(
+                name, seeds, budgets, os.path.join(output_dir, "float_models"), float_epochs,
+                lambda m: print(m, flush=True)))
+        runs += json.loads(part.read_text(encoding="utf-8"))
     results = {
         "models": names, "seeds": list(seeds), "budgets": [f"W{w}A{a}" for w, a in budgets],
         "runs": runs,
