@@ -67,7 +67,15 @@ def grid_snapped_model(model, bundle_dir: str | Path):
 
 
 def compare(reference: np.ndarray, exported: np.ndarray) -> dict:
-    """Top-1 agreement and the largest absolute output difference."""
+    """Top-1 agreement and the largest absolute output difference; ValueError if either output
+    holds NaN or inf (a NaN difference would compare as agreement)."""
+    for what, values in (("reference", reference), ("exported", exported)):
+        bad = int(np.size(values) - np.count_nonzero(np.isfinite(values)))
+        if bad:
+            raise ValueError(
+                f"the {what} outputs hold {bad} non-finite values (NaN or inf); the bundle and "
+                "the Keras model cannot be compared. Check the inputs and the model's weights."
+            )
     diff = np.abs(np.asarray(reference) - np.asarray(exported))
     return {
         "top1_agreement": float(np.mean(reference.argmax(-1) == exported.argmax(-1))),
