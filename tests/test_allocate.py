@@ -67,7 +67,7 @@ def test_cost_model_equals_summary_on_every_plan(setup):
     assert costs.rows[2].sources == ("conv1", "conv2")  # fc: the Add takes the wider input
     for plan in plans():
         bops, memory = costs.totals(plan)
-        assert (bops, memory) == pytest.approx(summary_costs(model, plan), rel=1e-12)
+        assert (bops, memory) == summary_costs(model, plan)  # to the last bit
 
 
 def test_sensitivity_is_measured_and_grows_as_bits_shrink(setup):
@@ -162,7 +162,7 @@ def test_a_budget_at_the_smallest_plan_gives_it(setup):
     plan, report = uniq_tf.allocate_bits(model, x, max_bops=low, weight_bits=WEIGHT_BITS,
                                          activation_bits=ACTIVATION_BITS, batches=1)
     assert plan == {"conv1": (2, 4), "conv2": (2, 4), "fc": (2, None)}
-    assert report.total_bops <= low
+    assert report.total_bops == uniq_tf.summary(model, 8, 8, layer_bits=plan).total_bops == low
 
 
 def test_pinned_layers_keep_their_bits(setup):
@@ -297,3 +297,16 @@ def test_bench_pairs_by_seed_and_splices_before_the_findings():
     again = allocation.splice(once, text.replace("A1", "A2"))
     assert "A1" not in again and again.count("A2") == 1
     assert again.replace("A2", "A1") == once
+
+
+def test_a_budget_equal_to_a_plans_cost_admits_that_plan(setup):
+    model, *_ = setup
+    candidates = {"conv1": [(2, 4), (4, 8)], "conv2": [(2, 4), (4, 8)],
+                  "fc": [(2, None), (4, None)]}
+    costs = allocate.cost_model(model, candidates, {})
+    sensitivity = {n: {p: 0.0 if p[0] == 4 else 1.0 for p in pairs}
+                   for n, pairs in candidates.items()}
+    max_bops = uniq_tf.summary(model, 4, 8).total_bops  # the uniform W4A8 plan, exactly
+    plan = allocate.solve(costs, sensitivity, max_bops)
+    assert plan == {"conv1": (4, 8), "conv2": (4, 8), "fc": (4, None)}
+    assert allocate.solve(costs, sensitivity, max_bops * (1 - 1e-12)) != plan

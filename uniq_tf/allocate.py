@@ -41,6 +41,7 @@ DEFAULT_BATCH = 64
 _LOW, _HIGH = quantize.ACTIVATION_BITS_RANGE
 _PROBE_WEIGHT_BITS = 8
 OBJECTIVE_SCALE = 1e6
+MAX_CUTS = 50
 Pair = tuple[int, int | None]
 
 
@@ -52,6 +53,7 @@ class CostRow:
     """One call of an allocatable kernel layer: its BOPs are a function of the layer's weight
     width and of its input width max(``const_bits``, activation bits of ``sources``)."""
 
+    position: int
     layer: str
     parts: tuple[dict, ...]
     const_bits: int
@@ -77,14 +79,21 @@ class CostModel:
     """BOPs and weight memory of every plan over ``candidates`` (layer -> allowed pairs).
 
     ``fixed_plan`` pins activation layers that no kernel layer owns (before the first one);
-    ``fixed_bops`` and ``fixed_memory_bits`` are the rows no choice changes.
+    ``fixed`` holds the (BOPs, memory bits) of the summary rows no choice changes, by position.
     """
 
     candidates: dict[str, list[Pair]]
     rows: list[CostRow]
     fixed_plan: dict[str, Pair]
-    fixed_bops: float
-    fixed_memory_bits: float
+    fixed: dict[int, tuple[float, float]]
+
+    @property
+    def fixed_bops(self) -> float:
+        return sum(b for b, _ in self.fixed.values())
+
+    @property
+    def fixed_memory_bits(self) -> float:
+        return sum(m for _, m in self.fixed.values())
 
     def layer_costs(self, plan: Mapping[str, Pair]) -> dict[str, tuple[float, float]]:
         """Layer -> (BOPs, weight memory bits) under ``plan``."""
@@ -96,10 +105,14 @@ class CostModel:
         return out
 
     def totals(self, plan: Mapping[str, Pair]) -> tuple[float, float]:
-        """(total BOPs, total weight memory bits) of the model under ``plan``."""
-        costs = self.layer_costs(plan).values()
-        return (self.fixed_bops + sum(b for b, _ in costs),
-                self.fixed_memory_bits + sum(m for _, m in costs))
+        """(total BOPs, total weight memory bits) of the model under ``plan``, summed in the
+        summary's row order: equal to its totals to the last bit."""
+        values = dict(self.fixed)
+        for row in self.rows:
+            w = plan[row.layer][0]
+            values[row.position] = (row.bops(w, row.input_bits(plan)), row.memory_bits[w])
+        ordered = [values[i] for i in sorted(values)]
+        return sum(b for b, _ in ordered), sum(m for _, m in ordered)
 
     def cheapest(self) -> dict[str, Pair]:
         """The plan with the fewest BOPs and the least memory (both grow with every width)."""
@@ -141,17 +154,16 @@ def cost_model(
                 sources[i].append(name)
     widths = sorted({w for pairs in candidates.values() for w, _ in pairs})
     memory = {w: [row["weight_memory_bits"] for row in probe(weight_bits=w)] for w in widths}
-    rows, fixed_bops, fixed_memory = [], 0.0, 0.0
+    rows, fixed = [], {}
     for i, row in enumerate(base):
         layer = _base_name(row["name"])
         if layer not in candidates:
-            fixed_bops += row["bops"]
-            fixed_memory += row["weight_memory_bits"]
+            fixed[i] = (row["bops"], row["weight_memory_bits"])
             continue
-        rows.append(CostRow(layer, tuple(row["parts"]), int(row["activation_bits"]),
+        rows.append(CostRow(i, layer, tuple(row["parts"]), int(row["activation_bits"]),
                             tuple(sources[i]), {w: memory[w][i] for w in widths}))
     return CostModel({k: list(v) for k, v in candidates.items()}, rows, dict(fixed_plan),
-                     fixed_bops, fixed_memory)
+                     fixed)
 
 
 # --------------------------------------------------------------------------- the integer program
@@ -262,24 +274,21 @@ def solve(
 ) -> dict[str, Pair]:
     """The plan (layer -> pair) minimizing the summed sensitivity within the budgets, exact
     (scipy.optimize.milp, relative gap 0); the caller checks the budgets are reachable.
-    A plan the solver's feasibility tolerance lets past a budget is refused and the program
-    solved again with that budget lowered by the excess."""
-    limits = [max_bops, max_weight_bits]
-    for _ in range(5):
-        prog = _program(costs, sensitivity, *limits)
+    A plan the solver's feasibility tolerance (about 1e-6 of a budget) lets past a budget is cut
+    off (that one combination) and the program solved again."""
+    prog = _program(costs, sensitivity, max_bops, max_weight_bits)
+    for _ in range(MAX_CUTS + 1):
         values = prog.solve()
-        plan = {j: next(c for c in pairs if values[prog.index[("x", j, c)]] > 0.5)
-                for j, pairs in costs.candidates.items()}
-        totals = costs.totals(plan)
-        excess = [t - b if b is not None else 0.0
-                  for t, b in zip(totals, (max_bops, max_weight_bits), strict=True)]
-        if all(e <= 0 for e in excess):
-            return plan
-        limits = [None if b is None else limit - max(e, 0.0) - abs(b) * 1e-12
-                  for limit, b, e in zip(limits, (max_bops, max_weight_bits), excess,
-                                         strict=True)]
-    raise RuntimeError("scipy.optimize.milp kept returning plans over the budget")
-
+        chosen = {j: next(c for c in pairs if values[prog.index[("x", j, c)]] > 0.5)
+                  for j, pairs in costs.candidates.items()}
+        total_bops, total_bits = costs.totals(chosen)
+        if (max_bops is None or total_bops <= max_bops) and (
+                max_weight_bits is None or total_bits <= max_weight_bits):
+            return chosen
+        prog.add({prog.index[("x", j, c)]: 1.0 for j, c in chosen.items()}, -np.inf,
+                 len(chosen) - 1)
+    raise RuntimeError(f"scipy.optimize.milp returned {MAX_CUTS + 1} plans over the budget "
+                       "by less than its tolerance; raise the budget by 1e-6 of itself")
 
 
 # --------------------------------------------------------------------------- sensitivity
