@@ -70,6 +70,8 @@ def test_int8_regression_is_checked_against_the_output_step(tmp_path):
     assert report.tolerance == pytest.approx(export_module.MAX_STEPS * report.output_step)
     assert np.abs(got - want).max() == pytest.approx(report.max_abs_diff)
     assert report.max_abs_diff <= report.tolerance and report.outliers == 0
+    assert "exceeded on 0.0% of the samples" in report.summary()
+    assert "0.00% outside the range" in report.summary() and report.input_clipped == 0
 
 
 def test_int8_allows_a_rare_outlier_sample_only(tmp_path, monkeypatch):

@@ -87,20 +87,27 @@ class ExportReport:
     kernels: dict[str, kernels.KernelCheck] = field(default_factory=dict)
     activation_ranges: list[RangeUse] = field(default_factory=list)
 
+    def _agreement_text(self) -> str:
+        if self.top1_agreement is None:
+            return "n/a"
+        if not self.clear_rows:
+            return f"{100 * self.top1_agreement:.2f}% (every row a near tie)"
+        return (f"{100 * self.top1_agreement:.2f}% ({100 * self.clear_agreement:.2f}% on the "
+                f"{self.clear_rows} rows without a near tie)")
+
     def summary(self) -> str:
-        agreement = "n/a" if self.top1_agreement is None else (
-            f"{100 * self.top1_agreement:.2f}% ({100 * self.clear_agreement:.2f}% on the "
-            f"{self.clear_rows} rows without a near tie)" if self.clear_rows
-            else f"{100 * self.top1_agreement:.2f}% (every row a near tie)"
-        )
         lines = [
             f"{self.path} [{self.mode}, {self.input_dtype} in / {self.output_dtype} out]: "
             f"{self.size_bytes:,} bytes ({self.gzip_bytes:,} gzipped)",
             f"  checked in {self.runtime} on {self.samples_checked} samples against the "
             f"{self.reference}: max |diff| {self.max_abs_diff:.3g} (tolerance "
             f"{self.tolerance:.3g}, exceeded on {100 * self.outliers:.1f}% of the samples), "
-            f"top-1 agreement {agreement}",
+            f"top-1 agreement {self._agreement_text()}",
         ]
+        if self.input_clipped is not None:
+            span = "-" if self.input_levels is None else f"{self.input_levels:.0f}"
+            lines.append(f"  input: the samples span {span} of 256 steps, "
+                         f"{100 * self.input_clipped:.2f}% outside the range")
         for check in self.kernels.values():
             if check.tensor is None:
                 lines.append(f"  kernel {check.key:<24} not found in the file")
