@@ -178,7 +178,7 @@ def prepare(config: TrainConfig):
     # now, instead of after the float training.
     planned = make_schedule(config).plan(quantize(config, model))
     if has_budget(config):  # a budget below the smallest plan fails now, not after training
-        uniq_tf.allocate.check_budget(model, **_allocation_args(config, model))
+        _check_budget(config, model)
     return train, test, info, model, planned, strategy
 
 
@@ -233,6 +233,18 @@ def _allocation_args(config: TrainConfig, model: keras.Model) -> dict:
         layer_bits=parse_layer_bits(config.layer_bits),
         skip_layers=parse_names(config.skip_layers), per_channel=config.per_channel,
     )
+
+
+def _check_budget(config: TrainConfig, model: keras.Model) -> None:
+    try:
+        uniq_tf.allocate.check_budget(model, **_allocation_args(config, model))
+    except ValueError as error:
+        floats = uniq_tf.summary(model)
+        raise ValueError(
+            f"{error} (--max_bops={config.max_bops:g}, --max_weight_kb="
+            f"{config.max_weight_kb:g}: a value <= 1 is a fraction of the float model's "
+            f"{floats.total_bops:.6g} BOPs or {floats.total_weight_memory_bits / 8:.6g} bytes)"
+        ) from error
 
 
 def allocate(config: TrainConfig, ws: Workspace, model: keras.Model, train) -> dict | None:
