@@ -310,3 +310,19 @@ def test_a_budget_equal_to_a_plans_cost_admits_that_plan(setup):
     plan = allocate.solve(costs, sensitivity, max_bops)
     assert plan == {"conv1": (4, 8), "conv2": (4, 8), "fc": (4, None)}
     assert allocate.solve(costs, sensitivity, max_bops * (1 - 1e-12)) != plan
+
+
+def test_plot_plan_shows_bits_and_bops_per_layer(setup, tmp_path):
+    from uniq_tf.plots import plan_figure
+
+    model, *_ = setup
+    plan = {"conv1": (8, 4), "conv2": (2, 8), "fc": (4, None)}
+    report = uniq_tf.summary(model, 8, 8, layer_bits=plan, max_bops=1e7)
+    axes = plan_figure(report).axes[0]
+    heights = [bar.get_height() for bar in axes.patches]
+    assert heights == pytest.approx([row["bops"] for row in report.layers if row["macs"]])
+    # conv2 multiplies conv1's 4-bit activations; fc the wider of conv1's and conv2's.
+    assert [t.get_text() for t in axes.texts] == ["W8A8", "W2A4", "W4A8"]
+    assert "of a budget of 1e+07" in axes.get_title()
+    path = uniq_tf.plot_plan(report, tmp_path / "plan.png")
+    assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"

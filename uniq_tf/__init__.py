@@ -18,7 +18,7 @@ from uniq_tf.modes import (
     set_weight_mode,
     weight_modes,
 )
-from uniq_tf.plots import plot_tradeoff
+from uniq_tf.plots import plot_plan, plot_tradeoff
 from uniq_tf.quantize import (
     Codebook,
     get_activation_ranges,
@@ -51,6 +51,7 @@ __all__ = [
     "get_activation_ranges",
     "get_codebooks",
     "is_quantized_model",
+    "plot_plan",
     "plot_tradeoff",
     "quantize_model",
     "quantize_scope",

@@ -196,6 +196,48 @@ def plot_tradeoff(
     return path
 
 
+def plan_figure(report: bops.BopsReport):
+    """The matplotlib Figure :func:`plot_plan` saves."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows = [row for row in report.layers if row["macs"]]
+    if not rows:
+        raise ValueError(f"Report of {report.model!r} has no kernel layer to plot")
+    figure = Figure(figsize=(max(6, 0.5 * len(rows) + 2), 4), dpi=150, layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    bars = axes.bar(range(len(rows)), [row["bops"] for row in rows], color="tab:blue")
+    axes.bar_label(bars, [f"W{row['weight_bits']}A{row['activation_bits']}" for row in rows],
+                   fontsize=7)
+    axes.set_xticks(range(len(rows)), [row["name"] for row in rows], rotation=60,
+                    ha="right", fontsize=7)
+    axes.set_ylabel("BOPs (A bits: the input's width)")
+    budget = ("" if report.max_bops is None else
+              f" of a budget of {report.max_bops:.4g} "
+              f"({100 * report.total_bops / report.max_bops:.1f} %)")
+    axes.set_title(f"{report.model}: {report.total_bops:.4g} BOPs{budget}", fontsize=9)
+    return figure
+
+
+def plot_plan(report: bops.BopsReport, path: str | os.PathLike) -> str:
+    """Writes a PNG of a plan: one bar per kernel layer (forward order) with its BOPs,
+    labelled with its weight bits and input activation bits, and the total against the
+    report's ``max_bops`` if it has one.
+
+    Args:
+        report: ``uniq_tf.summary(model, ..., layer_bits=plan, max_bops=...)`` or the
+            summary of a quantized model.
+        path: the PNG to write, atomically.
+    Returns: ``path`` as a string.
+    """
+    path = os.fspath(path)
+    if not path.lower().endswith(".png"):
+        raise ValueError(f"plot_plan writes PNG files; path must end in .png, got {path!r}")
+    _save_atomic(plan_figure(report), path)
+    return path
+
+
 def _save_atomic(figure, path: str) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with atomic.atomic_path(path) as temp:
