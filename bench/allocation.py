@@ -234,6 +234,13 @@ def plot(results: dict, output_dir: str) -> list[str]:
                               accuracy_label="test accuracy (%)",
                               budget=[e["max_bops"] for e in rows])
         paths.append(path)
+        first = next(r for r in results["runs"] if r["model"] == model
+                     and r["method"] == "allocated" and r["budget"] == results["budgets"][0])
+        report = uniq_tf.summary(
+            MODELS[model](), 8, 8, max_bops=first["max_bops"],
+            layer_bits={k: tuple(v) for k, v in first["plan"].items()})
+        paths.append(uniq_tf.plot_plan(report, os.path.join(output_dir,
+                                                            f"allocation_plan_{model}.png")))
     return paths
 
 
@@ -265,6 +272,8 @@ def section(results: dict, image_dir: str = "img") -> str:
         f"At the W2A8-equivalent budget: {closing}.\n",
     ]
     parts += [f"![allocation, {m}]({image_dir}/allocation_{m}.png)\n" for m in results["models"]]
+    parts.append(f"Seed 0's allocated plan at the {results['budgets'][0]} budget, per layer:\n")
+    parts += [f"![plan, {m}]({image_dir}/allocation_plan_{m}.png)\n" for m in results["models"]]
     parts.append(SECTION_END)
     return "\n".join(parts) + "\n"
 
@@ -291,8 +300,9 @@ def write_outputs(results: dict, output_dir: str, docs_dir: str = "") -> None:
                                        section(results)))
         os.makedirs(os.path.join(docs_dir, "img"), exist_ok=True)
         for m in results["models"]:
-            shutil.copyfile(os.path.join(output_dir, f"allocation_{m}.png"),
-                            os.path.join(docs_dir, "img", f"allocation_{m}.png"))
+            for name in (f"allocation_{m}.png", f"allocation_plan_{m}.png"):
+                shutil.copyfile(os.path.join(output_dir, name),
+                                os.path.join(docs_dir, "img", name))
 
 
 def main(argv=None) -> dict:
