@@ -22,10 +22,8 @@ import os
 import numpy as np
 
 import fpga_export
-import uniq_tf
 from fpga_export import check
-from uniq_tf import atomic, data
-from uniq_tf._keras import keras
+from uniq_tf import atomic, data, saving
 
 # absl prints the docstring and every flag before an app.UsageError; a bad value gets one line.
 USAGE_HINT = " (pass --helpshort to see the flags)"
@@ -38,8 +36,7 @@ DIGITS_INPUT = {"input_bits": 5, "input_scale": 1 / 16}  # pixel counts 0..16, e
 def load_quantized(path: str):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--model {path!r} does not exist; run examples/train.py first.")
-    with uniq_tf.quantize_scope():
-        return keras.models.load_model(path, compile=False)
+    return saving.load_quantized(path)
 
 
 def _parse_shape(text: str | None) -> tuple[int, int, int] | None:

@@ -24,8 +24,7 @@ import tflite_export
 import uniq_tf
 from tflite_export.export import CALIBRATION_SAMPLES
 from tflite_export.samples import random_samples
-from uniq_tf import atomic, data
-from uniq_tf._keras import keras
+from uniq_tf import atomic, data, saving
 
 # absl prints the docstring and every flag before an app.UsageError; a bad value gets one line.
 USAGE_HINT = " (pass --helpshort to see the flags)"
@@ -37,8 +36,7 @@ RANDOM_CALIBRATION_SAMPLES = 200
 def load_quantized(path: str):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--model {path!r} does not exist; run examples/train.py first.")
-    with uniq_tf.quantize_scope():
-        return keras.models.load_model(path, compile=False)
+    return saving.load_quantized(path)
 
 
 def _accuracy(predictions: np.ndarray, labels: np.ndarray) -> float:

@@ -8,9 +8,10 @@ activations, for int8):
 - every output of the reference and of the file is finite;
 - the max |diff| is within a tolerance: float ``atol * max(1, max |reference|)``; dynamic
   ``DYNAMIC_RTOL * max(1, max |reference|)``; int8 ``max_steps`` steps of the file's output
-  quantization (its scale), whatever the output is (regression, sigmoid, logits), on all but
-  ``MAX_OUTLIERS`` of the samples (an activation range calibrated on other data may clip a
-  rare sample);
+  quantization (its scale; after a final sigmoid, tanh or softmax at least what one step of
+  their input changes, see :func:`tflite_export.runtime.io_quantization`), whatever the output
+  is (regression, sigmoid, logits), on all but ``MAX_OUTLIERS`` of the samples (an activation
+  range calibrated on other data may clip a rare sample);
 - int8: the samples span at least ``MIN_INPUT_LEVELS`` steps of the file's input quantization
   and at most ``MAX_INPUT_CLIPPED`` of their values fall outside its range (else the
   representative data's range is far wider, or narrower, than the samples');
@@ -78,7 +79,7 @@ class ExportReport:
     max_abs_diff: float
     tolerance: float
     outliers: float  # fraction of samples whose max |diff| exceeds the tolerance
-    output_step: float | None  # int8: the scale of the file's quantized output
+    output_step: float | None  # int8: the output's step (runtime.io_quantization)
     top1_agreement: float | None
     clear_rows: int | None = None  # classifier rows whose reference top-2 gap > tolerance
     clear_agreement: float | None = None  # top-1 agreement on those rows (the one checked)

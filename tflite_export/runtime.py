@@ -68,12 +68,18 @@ def constant_tensors(interpreter: Interpreter) -> dict[str, dict]:
     return out
 
 
+# |d output / d input| at most, for the activations whose int8 output has a fixed scale
+_FIXED_SCALE_SLOPES = {"LOGISTIC": 0.25, "TANH": 1.0, "SOFTMAX": 0.5}
+
+
 def io_quantization(model: ModelSource) -> tuple[tuple[float, int] | None, float | None]:
-    """((scale, zero point) of the file's quantized input, scale of its quantized output).
+    """((scale, zero point) of the file's quantized input, step of its quantized output).
 
     With int8 I/O these are the I/O tensors' own; with float I/O, those of the QUANTIZE op's
-    output after the input and of the DEQUANTIZE op's input before the output. None where
-    that side is not quantized (float and dynamic files, integer inputs).
+    output after the input and of the DEQUANTIZE op's input before the output. The output
+    step is the output's scale, or, after a sigmoid, tanh or softmax (whose int8 output has a
+    fixed scale), the larger of it and what one step of their input changes (slope x scale).
+    None where that side is not quantized (float and dynamic files, integer inputs).
     """
     interpreter = load(model)
     params = {d["index"]: d["quantization"] for d in interpreter.get_tensor_details()}
@@ -87,7 +93,12 @@ def io_quantization(model: ModelSource) -> tuple[tuple[float, int] | None, float
         exit_ = next((op["inputs"][0] for op in ops
                       if op["op_name"] == "DEQUANTIZE" and exit_ in op["outputs"]), exit_)
     scale, zero_point = params[entry]
-    return ((float(scale), int(zero_point)) if scale else None), (float(params[exit_][0]) or None)
+    output_step = float(params[exit_][0])
+    producer = next((op for op in ops if exit_ in op["outputs"]), None)
+    if output_step and producer is not None and producer["op_name"] in _FIXED_SCALE_SLOPES:
+        before = float(params[producer["inputs"][0]][0])
+        output_step = max(output_step, _FIXED_SCALE_SLOPES[producer["op_name"]] * before)
+    return ((float(scale), int(zero_point)) if scale else None), (output_step or None)
 
 
 def _quantize_input(x: np.ndarray, detail: dict) -> np.ndarray:
