@@ -14,13 +14,13 @@ def _input_shape(model) -> tuple:
     return tuple(model.inputs[0].shape[1:])
 
 
-def input_dtype(model) -> np.dtype:
+def _input_dtype(model) -> np.dtype:
     """The dtype samples of ``model`` are given in: its integer input dtype, else float32."""
     dtype = np.dtype(model.inputs[0].dtype.as_numpy_dtype)
     return dtype if np.issubdtype(dtype, np.integer) else np.dtype(np.float32)
 
 
-def check_finite(samples: np.ndarray, what: str) -> np.ndarray:
+def _check_finite(samples: np.ndarray, what: str) -> np.ndarray:
     """``samples``, or ValueError saying how many values (in which samples) are NaN or inf."""
     bad = ~np.isfinite(samples.reshape(len(samples), -1)).all(axis=1)
     if bad.any():
@@ -51,7 +51,7 @@ def as_samples(
     data, model, limit: int | None = None, what: str = "representative_data"
 ) -> np.ndarray:
     """Up to ``limit`` (default all) input samples of ``model`` from ``data``, (N, *input_shape)."""
-    shape, dtype = _input_shape(model), input_dtype(model)
+    shape, dtype = _input_shape(model), _input_dtype(model)
     taken, count = [], 0
     try:
         for given in _batches(data):
@@ -76,7 +76,7 @@ def as_samples(
         ) from error
     if count == 0:
         raise ValueError(f"{what} holds no samples.")
-    return check_finite(np.concatenate(taken, axis=0), what)
+    return _check_finite(np.concatenate(taken, axis=0), what)
 
 
 def random_samples(model, count: int = RANDOM_SAMPLES, seed: int = 0) -> np.ndarray:
