@@ -97,7 +97,7 @@ def _define_flags():
     flags.DEFINE_enum("distribution", d.distribution, list(DISTRIBUTIONS), "Fitted CDF.")
     flags.DEFINE_bool("high_noise", d.high_noise, "Noise of +-1/k instead of +-1/(2k).")
     flags.DEFINE_enum("noise", d.noise, list(NOISE_MODELS), "Training noise model "
-                      "(docs/method.md, Noise models); paper = the paper's.")
+                      "(docs/method.md, Noise models); paper = the paper's noise.")
     flags.DEFINE_string("stages", str(d.stages), '"layer", a number of stages, or explicit '
                         'groups "conv1,conv2;fc".')
     flags.DEFINE_integer("float_epochs", d.float_epochs, "Float training epochs.")
@@ -107,7 +107,8 @@ def _define_flags():
     flags.DEFINE_integer("first_stage_epochs", d.first_stage_epochs, "Epochs of the first "
                          "stage (0: epochs_per_stage).")
     flags.DEFINE_integer("polish_epochs", d.polish_epochs, "Last epochs of each stage trained "
-                         "hard with a straight-through gradient instead of noise (0: the paper).")
+                         "hard with a straight-through gradient instead of noise (default: 1 in "
+                         "stages of 2+ epochs; 0 with --noise=paper: the paper exactly).")
     flags.DEFINE_enum("preset", d.preset, list(PRESETS), 'Recipe: "reference" = SGD momentum '
                       "0.9, weight decay 5e-4, step rate, first stage 2x (overrides those flags).")
     flags.DEFINE_enum("optimizer", d.optimizer, list(OPTIMIZERS), "Optimizer.")

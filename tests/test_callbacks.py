@@ -108,7 +108,8 @@ class StopAfter(keras.callbacks.Callback):
 
 
 def schedule():
-    return GradualQuantization("layer", WARMUP, PER_STAGE, FINAL, verbose=1)
+    """The paper's schedule (no straight-through polish)."""
+    return GradualQuantization("layer", WARMUP, PER_STAGE, FINAL, verbose=1, polish_epochs=0)
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +131,8 @@ def scheduled_run(train_data, initial_weights, tmp_path_factory):
     probe = Probe(traces)
     logs_dir = tmp_path_factory.mktemp("tb")
     callbacks = [
-        GradualQuantization("layer", WARMUP, PER_STAGE, FINAL, verbose=1, log_dir=logs_dir),
+        GradualQuantization("layer", WARMUP, PER_STAGE, FINAL, verbose=1, log_dir=logs_dir,
+                            polish_epochs=0),
         probe,
     ]
     out = io.StringIO()
@@ -434,6 +436,18 @@ def test_polish_epochs_train_the_stage_hard_and_unfrozen(train_data):
     # Polishing trains conv1 (epoch 1 changes it); once its stage ends it is frozen.
     assert not np.array_equal(probe.kernels[1], probe.kernels[2])
     assert np.array_equal(probe.kernels[2], probe.kernels[3])
+
+
+def test_default_polishes_the_last_epoch_of_stages_of_two_or_more_epochs():
+    model = uniq_tf.quantize_model(float_model())
+    gq = GradualQuantization("layer", epochs_per_stage=2, first_stage_epochs=1, final_epochs=1)
+    gq.plan(model)
+    # Stage 0 has one epoch (nothing to polish), stages 1-3 two (the second polished).
+    assert [gq.polishing_at(e) for e in range(8)] == [False] + [False, True] * 3 + [False]
+    assert not any(GradualQuantization(2, epochs_per_stage=1).polishing_at(e) for e in range(3))
+    paper = GradualQuantization("layer", epochs_per_stage=2, polish_epochs=0)
+    paper.plan(model)
+    assert not any(paper.polishing_at(e) for e in range(8))
 
 
 @pytest.mark.parametrize(

@@ -17,8 +17,9 @@ and at stage s a layer of stage i is
 ``polish_epochs = p > 0`` is a departure from the paper (docs/method.md, "Schedule options
 beyond the paper"): in the last p epochs of each stage its layers are QUANTIZED (hard codebook,
 straight-through gradient) instead of NOISY, so each layer is trained against the weights it
-keeps before it freezes.
-``p = 0`` (the default) is the paper's schedule.
+keeps before it freezes. The default (None) polishes the last epoch of every stage that has two
+or more, which docs/benchmarks.md (section 4) measured as a gain; ``p = 0`` is the paper's
+schedule.
 
 An activation quantizer belongs to the stage of its ``config.owner`` kernel layer (owner None:
 quantized from stage 0 on). Stage is a pure function of the epoch, applied in every
@@ -108,8 +109,9 @@ class GradualQuantization(keras.callbacks.Callback):
         first_stage_epochs: epochs of the first stage (None: ``epochs_per_stage``); the
             reference code trains its first stage longer.
         polish_epochs: the last epochs of each stage trained with the hard codebook and a
-            straight-through gradient instead of the noise (0: the paper; see the module doc);
-            less than every stage's length.
+            straight-through gradient instead of the noise; less than every stage's length.
+            None (default): 1 in stages of two or more epochs, 0 in one-epoch stages.
+            0: the paper (see the module doc).
         final_epochs: epochs after the last stage, everything quantized and frozen, biases and
             batch norm fine-tuned.
         verbose: 1 prints a line at each stage change; 0 is silent.
@@ -129,7 +131,7 @@ class GradualQuantization(keras.callbacks.Callback):
         verbose: int = 1,
         log_dir: str | os.PathLike | None = None,
         first_stage_epochs: int | None = None,
-        polish_epochs: int = 0,
+        polish_epochs: int | None = None,
     ):
         super().__init__()
         self.stages = _check_stages(stages)
@@ -139,9 +141,11 @@ class GradualQuantization(keras.callbacks.Callback):
             self.epochs_per_stage if first_stage_epochs is None
             else _check_count(first_stage_epochs, "first_stage_epochs", 1)
         )
-        self.polish_epochs = _check_count(polish_epochs, "polish_epochs", 0)
+        self.polish_epochs = (
+            None if polish_epochs is None else _check_count(polish_epochs, "polish_epochs", 0)
+        )
         shortest = min(self.epochs_per_stage, self.first_stage_epochs)
-        if self.polish_epochs >= shortest:
+        if self.polish_epochs is not None and self.polish_epochs >= shortest:
             raise ValueError(
                 f"polish_epochs ({self.polish_epochs}) must be less than every stage's length "
                 f"(epochs_per_stage {self.epochs_per_stage}, first_stage_epochs "
@@ -229,8 +233,8 @@ class GradualQuantization(keras.callbacks.Callback):
         """-1 in warm-up, s in 0..n-1 during stage s, n after the last stage (0-based epochs)."""
         return self._stage_position(epoch)[0]
 
-    def _stage_position(self, epoch: int) -> tuple[int, int]:
-        """(stage, epochs left in it after this one); the second is 0 outside stages."""
+    def _stage_position(self, epoch: int) -> tuple[int, int, int]:
+        """(stage, epochs left in it after this one, its length); 0, 0 outside stages."""
         if self._n_stages is None:
             raise RuntimeError(
                 'With stages="layer" the number of stages depends on the model: call '
@@ -238,19 +242,25 @@ class GradualQuantization(keras.callbacks.Callback):
             )
         epoch = _check_count(epoch, "epoch", 0)
         if epoch < self.warmup_epochs:
-            return -1, 0
+            return -1, 0, 0
         t = epoch - self.warmup_epochs
         if t < self.first_stage_epochs:
-            return 0, self.first_stage_epochs - 1 - t
+            return 0, self.first_stage_epochs - 1 - t, self.first_stage_epochs
         stage, offset = divmod(t - self.first_stage_epochs, self.epochs_per_stage)
         if stage + 1 >= self._n_stages:
-            return self._n_stages, 0
-        return stage + 1, self.epochs_per_stage - 1 - offset
+            return self._n_stages, 0, 0
+        return stage + 1, self.epochs_per_stage - 1 - offset, self.epochs_per_stage
+
+    def polish_epochs_of(self, length: int) -> int:
+        """The polished epochs of a stage of ``length`` epochs (None: 1 if length >= 2)."""
+        if self.polish_epochs is None:
+            return min(1, length - 1)
+        return self.polish_epochs
 
     def polishing_at(self, epoch: int) -> bool:
-        """True when ``epoch`` is one of a stage's last ``polish_epochs`` (hard, not noisy)."""
-        stage, left = self._stage_position(epoch)
-        return 0 <= stage < self._n_stages and left < self.polish_epochs
+        """True when ``epoch`` is one of its stage's polished (hard, not noisy) epochs."""
+        stage, left, length = self._stage_position(epoch)
+        return 0 <= stage < self._n_stages and left < self.polish_epochs_of(length)
 
     # ------------------------------------------------------------------ Keras hooks
 

@@ -199,7 +199,7 @@ def quantize_model(
     per_channel: bool = False,
     distribution: str = "gaussian",
     high_noise: bool = False,
-    noise: str = kquantile.PAPER,
+    noise: str = kquantile.CLIPPED,
 ):
     """Returns a quantization-aware copy of ``model`` trained with UNIQ.
 
@@ -221,10 +221,11 @@ def quantize_model(
         per_channel: fit the CDF per output channel instead of per tensor.
         distribution: "gaussian" (the paper) or "empirical" (exact quantiles of the weights).
         high_noise: noise of +-1/k instead of +-1/(2k) (the reference code's variant).
-        noise: the training noise model (docs/method.md, "Noise models"): "paper" (the paper's
-            noise, u + e clipped to [1e-5, 1 - 1e-5]), "clipped" (u + e clipped to
-            [1/(2k), 1 - 1/(2k)]: the noisy weight stays within the outer codebook levels)
-            or "bin_matched" (additive noise drawn from the hard quantizer's error in the
+        noise: the training noise model (docs/method.md, "Noise models"): "clipped" (default:
+            u + e clipped to [1/(2k), 1 - 1/(2k)], so the noisy weight stays within the outer
+            codebook levels; measured better than the paper's at 2-4 bits, docs/benchmarks.md
+            section 4), "paper" (the paper's noise, u + e clipped to [1e-5, 1 - 1e-5]) or
+            "bin_matched" (additive noise drawn from the hard quantizer's error in the
             weight's bin).
     """
     model = require_keras2_model(model)

@@ -36,7 +36,8 @@ class TrainConfig:
         kernel layer names), or a list of lists. skip_layers: "a,b" or a sequence of names.
         strategy: one of STRATEGIES; batch_size is the global batch (all replicas together).
         noise: one of uniq_tf.kquantile.NOISE_MODELS. polish_epochs, first_stage_epochs: see
-        GradualQuantization (first_stage_epochs 0: epochs_per_stage). lr_schedule "step":
+        GradualQuantization (polish_epochs None: its default; first_stage_epochs 0:
+        epochs_per_stage). The paper exactly: noise="paper", polish_epochs=0. lr_schedule "step":
         constant, then a tenth for the final epochs. preset "reference": the fields of
         REFERENCE_PRESET and a first stage of 2 x epochs_per_stage, over what is set here.
         max_bops, max_weight_kb: a budget (0: none; a value <= 1 is a fraction of the float
@@ -58,14 +59,14 @@ class TrainConfig:
     per_channel: bool = False
     distribution: str = "gaussian"
     high_noise: bool = False
-    noise: str = "paper"
+    noise: str = "clipped"
     stages: str | int | list = "layer"
     float_epochs: int = 15
     warmup_epochs: int = 0
     epochs_per_stage: int = 2
     final_epochs: int = 2
     first_stage_epochs: int = 0
-    polish_epochs: int = 0
+    polish_epochs: int | None = None
     preset: str = ""
     optimizer: str = "adam"
     learning_rate: float = 3e-3
@@ -209,7 +210,7 @@ def validate_config(config: TrainConfig) -> None:
     _check_int(config, "weight_bits", *WEIGHT_BITS_RANGE)
     _check_int(config, "activation_bits", *ACTIVATION_BITS_RANGE)
     for field in ("float_epochs", "warmup_epochs", "final_epochs", "max_steps_per_epoch",
-                  "calibration_steps", "seed", "first_stage_epochs", "polish_epochs"):
+                  "calibration_steps", "seed", "first_stage_epochs"):
         _check_int(config, field, 0)
     _check_int(config, "epochs_per_stage", 1)
     _check_int(config, "batch_size", 1)
@@ -228,7 +229,9 @@ def validate_config(config: TrainConfig) -> None:
     if config.pretrained not in (None, "", "imagenet") and not os.path.isfile(config.pretrained):
         raise ValueError(f"pretrained weights file {config.pretrained!r} does not exist")
     shortest = min(config.epochs_per_stage, config.first_stage_epochs or config.epochs_per_stage)
-    if config.polish_epochs >= shortest:
+    if config.polish_epochs is not None:
+        _check_int(config, "polish_epochs", 0)
+    if config.polish_epochs is not None and config.polish_epochs >= shortest:
         raise ValueError(
             f"polish_epochs must be less than every stage's length ({shortest}), got "
             f"{config.polish_epochs}"
