@@ -409,3 +409,32 @@ def test_load_quantized_names_the_keras_format(tmp_path):
         load_quantized(tmp_path / "m.keras")
     with pytest.raises(FileNotFoundError, match="No saved model"):
         load_quantized(tmp_path / "missing.h5")
+
+
+def test_relu_quantizers_start_and_stay_at_zero_without_calibration(tmp_path):
+    """Item 12: a fine-tune without calibrate_activations must not leave a ReLU's range below
+    0 (a nonzero zero point FINN cannot map); a leaky ReLU keeps its signed range."""
+    inp = keras.Input((6,))
+    x = L.Dense(8, activation="relu", name="fused")(inp)
+    x = L.ReLU(name="plain")(L.Dense(8, name="d2")(x))
+    x = L.ReLU(negative_slope=0.1, name="leaky")(L.Dense(8, name="d3")(x))
+    model = keras.Model(inp, L.Dense(2, name="head")(x))
+    quantized = uniq_tf.quantize_model(model, weight_bits=4, activation_bits=8)
+    start = uniq_tf.get_activation_ranges(quantized)
+    assert start["fused"][0] == start["plain"][0] == 0.0 and start["leaky"][0] == -6.0
+    quantized.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x_train = _inputs(128)
+    quantized.fit(x_train, (x_train[:, 0] > 5).astype("int32"), epochs=2, verbose=0)
+    ranges = uniq_tf.get_activation_ranges(quantized)
+    assert ranges["fused"][0] == ranges["plain"][0] == 0.0
+    assert ranges["fused"][1] != 6.0  # the maximum still tracks the data
+    assert ranges["leaky"][0] < 0.0
+    path = str(tmp_path / "m.h5")
+    quantized.save(path)
+    with uniq_tf.quantize_scope():
+        loaded = keras.models.load_model(path, compile=False)
+    assert uniq_tf.get_activation_ranges(loaded) == ranges
+    configs = {w.layer.name: w.quantize_config.get_output_quantizers(w.layer)[0].non_negative
+               for w in uniq_tf.quantize.wrappers(loaded) if w.quantize_config
+               .get_output_quantizers(w.layer)}
+    assert configs == {"fused": True, "plain": True, "leaky": False}

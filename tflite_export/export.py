@@ -305,7 +305,8 @@ def _warn_unfinished(model) -> None:
 
 def _uncalibrated(learned: dict[str, tuple[float, float, int]]) -> list[str]:
     """Activation quantizers whose range is still TFMOT's initial one."""
-    return [name for name, (lo, hi, _) in learned.items() if (lo, hi) == TFMOT_INITIAL_RANGE]
+    initial = (TFMOT_INITIAL_RANGE, (0.0, TFMOT_INITIAL_RANGE[1]))  # after a ReLU: from 0
+    return [name for name, (lo, hi, _) in learned.items() if (lo, hi) in initial]
 
 
 def _uncalibrated_hint(mode: str, learned: dict[str, tuple[float, float, int]]) -> str:

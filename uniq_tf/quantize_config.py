@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import tensorflow_model_optimization as tfmot
 
+from uniq_tf import registry
 from uniq_tf._keras import keras
 from uniq_tf.quantizers import KQuantileWeightQuantizer, SwitchableActivationQuantizer
 
@@ -52,7 +53,8 @@ class KernelQuantizeConfig(_QuantizeConfig):
     def get_output_quantizers(self, layer):
         if self.activation_bits is None:
             return []
-        return [SwitchableActivationQuantizer(self.activation_bits)]
+        return [SwitchableActivationQuantizer(
+            self.activation_bits, non_negative=registry.has_non_negative_output(layer))]
 
     def get_config(self):
         return {
@@ -97,7 +99,8 @@ class ActivationQuantizeConfig(_QuantizeConfig):
         del layer, quantize_activations
 
     def get_output_quantizers(self, layer):
-        return [SwitchableActivationQuantizer(self.activation_bits)]
+        return [SwitchableActivationQuantizer(
+            self.activation_bits, non_negative=registry.has_non_negative_output(layer))]
 
     def get_config(self):
         return {"activation_bits": self.activation_bits, "owner": self.owner}

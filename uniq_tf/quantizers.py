@@ -157,6 +157,10 @@ class SwitchableActivationQuantizer(_Quantizer):
     gradient) behind a mode switch, so the stage-wise schedule can keep later stages' activations
     in float while their ranges keep warming up, and calibration can set the ranges from data.
 
+    ``non_negative=True`` (quantize_model sets it after ReLU and fused relu/relu6): the range
+    starts at [0, 6] instead of TFMOT's [-6, 6] and its minimum stays 0, so a model fine-tuned
+    without calibration still has a zero point FINN and int8 can map.
+
     Modes: FLOAT passes the input through (while training, the range still tracks the input);
     QUANTIZED fake-quantizes to ``bits``; CALIBRATE passes through and widens min/max to the
     running minimum and maximum of what it sees.
@@ -172,15 +176,23 @@ class SwitchableActivationQuantizer(_Quantizer):
 
     EMA_DECAY = 0.999  # TFMOT's MovingAverageQuantizer
 
-    def __init__(self, bits: int = 8, initial_mode: int = ActMode.QUANTIZED):
+    def __init__(
+        self, bits: int = 8, initial_mode: int = ActMode.QUANTIZED, non_negative: bool = False
+    ):
         self.bits = int(bits)
         self.initial_mode = int(initial_mode)
+        self.non_negative = bool(non_negative)
         self._inner = _MovingAverageQuantizer(
             num_bits=self.bits, per_axis=False, symmetric=False, narrow_range=False
         )
 
     def build(self, tensor_shape, name, layer):
         weights = self._inner.build(tensor_shape, name, layer)
+        if self.non_negative:
+            # TFMOT starts every range at [-6, 6]; a ReLU's never goes below 0, and a minimum
+            # below 0 is a nonzero zero point that FINN cannot map.
+            with tf.init_scope():
+                weights["min_var"].assign(0.0)
         weights["act_mode"] = _add_mode_variable(
             layer, f"{name}_{ACT_MODE_VARIABLE}", self.initial_mode
         )
@@ -190,8 +202,10 @@ class SwitchableActivationQuantizer(_Quantizer):
         mode = weights["act_mode"]
         min_var, max_var = weights["min_var"], weights["max_var"]
         if training:
-            # TFMOT's MovingAvgQuantize range update (asymmetric, per tensor), in every mode.
-            lo = tf.minimum(tf.reduce_min(inputs), 0.0)
+            # TFMOT's MovingAvgQuantize range update (asymmetric, per tensor), in every mode;
+            # after a ReLU the batch minimum is 0 and needs no reduction.
+            lo = (tf.constant(0.0, inputs.dtype) if self.non_negative
+                  else tf.minimum(tf.reduce_min(inputs), 0.0))
             hi = tf.maximum(tf.reduce_max(inputs), 0.0)
             range_min = tf.__internal__.train.assign_moving_average(
                 min_var, lo, self.EMA_DECAY, zero_debias=False)
@@ -221,7 +235,8 @@ class SwitchableActivationQuantizer(_Quantizer):
         )
 
     def get_config(self):
-        return {"bits": self.bits, "initial_mode": self.initial_mode}
+        return {"bits": self.bits, "initial_mode": self.initial_mode,
+                "non_negative": self.non_negative}
 
     def __eq__(self, other):
         return isinstance(other, SwitchableActivationQuantizer) and (

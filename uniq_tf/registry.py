@@ -52,5 +52,16 @@ def has_quantized_output(layer) -> bool:
     return False
 
 
+_NON_NEGATIVE_ACTIVATIONS = ("relu", "relu6")
+
+
+def has_non_negative_output(layer) -> bool:
+    """True where the layer's quantized output is a ReLU's (never below 0)."""
+    if isinstance(layer, L.ReLU):
+        slope = float(getattr(layer, "negative_slope", 0.0) or 0.0)
+        return slope == 0.0 and float(getattr(layer, "threshold", 0.0) or 0.0) >= 0.0
+    return activation_name(layer) in _NON_NEGATIVE_ACTIVATIONS
+
+
 def is_activation_layer(layer) -> bool:
     return isinstance(layer, (L.ReLU, L.Activation)) and has_quantized_output(layer)
