@@ -413,6 +413,36 @@ def summary(results: dict) -> list[dict]:
     return out
 
 
+TARGET_BITS = ((2, 8), (2, 4), (3, 8), (4, 8))
+TARGET_SCHEDULE = "short"  # the project's default fine-tune
+
+
+def targets(results: dict) -> list[dict]:
+    """Issue 12's target per model and bit width, on the default schedule: UNIQ's defaults at
+    or above every fine-tuned peer's mean, or the paired 95 % interval holding 0."""
+    reference = results.get("reference", REFERENCE_METHOD)
+    out = []
+    for model in results["models"]:
+        for w, a in TARGET_BITS:
+            peers_ = [e for e in results["summary"]
+                      if (e["model"], e["schedule"], e["weight_bits"], e["activation_bits"])
+                      == (model, TARGET_SCHEDULE, w, a) and e["method"] in FINE_TUNED
+                      and e["method"] != reference and not e["method"].startswith("uniq")]
+            if not peers_:
+                continue
+            worst = max(peers_, key=lambda e: e["diff_to_uniq"])
+            met = all(e["diff_to_uniq"] <= 0 or e["diff_to_uniq"] - e["ci_half"] <= 0
+                      for e in peers_)
+            out.append({
+                "model": model, "met": met,
+                "target": f"UNIQ W{w}A{a} >= every peer's mean, or the paired 95 % interval "
+                          "holds 0",
+                "measured": f"best peer {METHODS[worst['method']]} minus UNIQ: "
+                            f"{worst['diff_to_uniq']:+.2f} ± {worst['ci_half']:.2f} points",
+            })
+    return out
+
+
 def _verdict(diff: float, half: float) -> str:
     if np.isnan(half):
         return ""

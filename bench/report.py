@@ -86,6 +86,10 @@ def target_rows(results: dict) -> list[list[str]]:
     if "accuracy" in results:
         for t in accuracy.targets(results["accuracy"]):
             rows.append([f"accuracy ({t['model']})", t["target"], t["measured"], _yes(t["met"])])
+    if "lowbit" in results:
+        for t in lowbit.targets(results["lowbit"]):
+            rows.append([f"low-bit suite ({t['model']})", t["target"], t["measured"],
+                         _yes(t["met"])])
     if "train_speed" in results:
         summary = results["train_speed"]["summary"]
         if "uniq" in summary:
