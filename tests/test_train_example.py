@@ -106,7 +106,7 @@ def test_reference_preset_with_clipped_noise_and_polish(tmp_path, monkeypatch):
     assert isinstance(optimizer, keras.optimizers.SGD)
     assert optimizer.momentum == 0.9 and optimizer.weight_decay == pytest.approx(5e-4)
     # The step schedule ends at a tenth of the preset's rate (cosine would end near 0).
-    assert float(optimizer.learning_rate) == pytest.approx(1e-3)
+    assert float(optimizer.learning_rate) == pytest.approx(3e-3)
     with uniq_tf.quantize_scope():
         loaded = keras.models.load_model(tmp_path / "out" / "quantized_model.h5", compile=False)
     from uniq_tf.quantize import kernel_wrappers, weight_quantizers

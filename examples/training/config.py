@@ -22,7 +22,7 @@ PRESETS = ("", "reference")
 # momentum and weight decay, a first stage twice as long, a constant rate that drops 10x only
 # for the final epochs. Its learning rate is the best of bench/lowbit.py's sweep.
 REFERENCE_PRESET = {"optimizer": "sgd", "momentum": 0.9, "weight_decay": 5e-4,
-                    "lr_schedule": "step", "uniq_learning_rate": 1e-2}
+                    "lr_schedule": "step", "uniq_learning_rate": 3e-2}
 STRATEGIES = ("default", "mirrored", "multi_worker")
 APPLICATION_MODELS = ("resnet50", "mobilenet_v1")  # the builders that accept weights="imagenet"
 
