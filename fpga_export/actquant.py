@@ -36,13 +36,26 @@ class QuantParams:
     @property
     def max_value(self) -> float:
         """The largest representable output."""
-        q_max = 2 ** (self.bits - 1) - 1 if self.signed else 2**self.bits - 1
-        return float(np.float32(self.scale) * np.float32(q_max - self.zero_point))
+        return float(np.float32(self.scale) * np.float32(self._q_max - self.zero_point))
 
     @property
     def min_value(self) -> float:
-        q_min = -(2 ** (self.bits - 1)) + int(self.narrow) if self.signed else 0
-        return float(np.float32(self.scale) * np.float32(q_min - self.zero_point))
+        return float(np.float32(self.scale) * np.float32(self._q_min - self.zero_point))
+
+    @property
+    def _q_min(self) -> int:
+        return -(2 ** (self.bits - 1)) + int(self.narrow) if self.signed else 0
+
+    @property
+    def _q_max(self) -> int:
+        return 2 ** (self.bits - 1) - 1 if self.signed else 2**self.bits - 1
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """The quantizer's output on ``x`` (numpy, float32; ties round to even, as QONNX)."""
+        scale = np.float32(self.scale)
+        ints = np.clip(np.round(np.asarray(x, np.float32) / scale) + self.zero_point,
+                       self._q_min, self._q_max)
+        return ((ints - self.zero_point) * scale).astype(np.float32)
 
 
 def from_fake_quant(min_value: float, max_value: float, bits: int) -> QuantParams:

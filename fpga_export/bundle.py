@@ -104,7 +104,9 @@ def _quant_record(params: QuantParams) -> dict:
     }
 
 
-def _layer_record(layer: ComputeLayer, cost: dict, fold: folding.Folding | None) -> dict:
+def _layer_record(
+    layer: ComputeLayer, cost: dict, fold: folding.Folding | None, rule: str | None
+) -> dict:
     record = {
         "name": layer.name,
         "keras_type": layer.keras_type,
@@ -119,7 +121,8 @@ def _layer_record(layer: ComputeLayer, cost: dict, fold: folding.Folding | None)
         "output_pixels": layer.out_pixels,
         "weights": layer.weight_count,
         "quantized": layer.codebook is not None,
-        "codebook": _codebook_record(layer) if layer.codebook is not None else None,
+        "codebook": ({**_codebook_record(layer), "grid_rule": rule}
+                     if layer.codebook is not None else None),
         **cost,
         "finn": None,
     }
@@ -141,8 +144,11 @@ def descriptor(
     foldings: list[folding.Folding],
     qonnx_cost: dict | None,
     grid_tolerance: float,
+    grid_rules: dict[str, tuple[str, str]],
+    grid_selection: dict | None,
 ) -> dict:
-    """The content of descriptor.json."""
+    """The content of descriptor.json. ``grid_rules``: codebook key -> (the rule that chose
+    its B, that rule in words); ``grid_selection``: the record of the "auto" search or None."""
     by_layer = {f.layer: f for f in foldings}
     h, w, c = input_shape
     output_dims = graph.model.graph.output[0].type.tensor_type.shape.dim
@@ -162,10 +168,12 @@ def descriptor(
         },
         "output": {"name": OUTPUT_NAME, "shape": [d.dim_value for d in output_dims]},
         "weight_grid": {
-            "rule": "n_i = clip(round(level_i / s), -(2^(B-1)-1), 2^(B-1)-1); B is the smallest "
-                    "width >= max(b, 2) with max_i |s n_i - level_i| <= tolerance * (smallest "
-                    "gap between adjacent levels), unless weight_grid_bits fixes B",
+            "snap": "n_i = clip(round(level_i / s), -(2^(B-1)-1), 2^(B-1)-1), s chosen per "
+                    "codebook row to minimize max_i |s n_i - level_i| "
+                    "(uniq_tf.kquantile.snap_to_grid)",
+            "rules": dict(sorted(set(grid_rules.values()))),
             "tolerance": grid_tolerance,
+            "selection": grid_selection,
             "onnx_form": "Quant(n, scale=1, zero_point=0, bitwidth=B, signed=1, narrow=1) -> "
                          "Conv/MatMul -> Mul(s) -> Add(bias)",
         },
@@ -176,7 +184,8 @@ def descriptor(
             "grid_bits": "b_w = B, the integer grid width FINN computes with",
             "input_bits": "b_a = integer width qonnx infers for the layer input, 32 if float",
         },
-        "layers": [_layer_record(layer, cost, by_layer.get(layer.name))
+        "layers": [_layer_record(layer, cost, by_layer.get(layer.name),
+                                 grid_rules.get(layer.name, (None,))[0])
                    for layer, cost in zip(graph.layers, rows, strict=True)],
         "activations": {name: _quant_record(p) for name, p in activations.items()},
         "totals": totals,
@@ -217,17 +226,36 @@ def specialize_config() -> dict:
 
 def _layer_table(desc: dict) -> str:
     lines = [
-        "| layer | op | b | B | b_a | MACs | BOPs (paper, b) | MACs x B x b_a | FINN node | PE | "
-        "SIMD |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| layer | op | b | B | B chosen by | b_a | MACs | BOPs (paper, b) | MACs x B x b_a | "
+        "FINN node | PE | SIMD |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in desc["layers"]:
         finn = row["finn"] or {}
+        rule = (row["codebook"] or {}).get("grid_rule") or "-"
         lines.append(
             f"| {row['name']} | {row['keras_type']} | {row['weight_index_bits']} | "
-            f"{row['weight_grid_bits']} | {row['input_bits']} | {row['macs']:,} | "
+            f"{row['weight_grid_bits']} | {rule} | {row['input_bits']} | {row['macs']:,} | "
             f"{row['bops_paper_index_bits']:.4g} | {row['bops_simple_grid_bits']:,} | "
             f"{finn.get('node', '-')} | {finn.get('PE', '-')} | {finn.get('SIMD', '-')} |"
+        )
+    return "\n".join(lines)
+
+
+def _grid_text(desc: dict) -> str:
+    """How each B was chosen and, for the "auto" search, what it measured."""
+    grid = desc["weight_grid"]
+    lines = [f"- `{name}`: {words}" for name, words in grid["rules"].items()]
+    selection = grid["selection"]
+    if selection is not None:
+        fallback, chosen = selection["fallback"], selection["chosen"]
+        lines.append(
+            f"\nThe search ({selection['search']}) scored {selection['metric']} on "
+            f"{selection['samples']:,} examples, tolerance {selection['tolerance']:g}: the Keras "
+            f"model {selection['keras']:.4f}; the exported model at the fallback widths "
+            f"{fallback['bits']} {fallback['score']:.4f}, at the chosen widths "
+            f"{chosen['bits']} {chosen['score']:.4f} ({selection['forward_passes']} forward "
+            "passes)."
         )
     return "\n".join(lines)
 
@@ -292,6 +320,9 @@ graph order); `target_fps` in the build config (when given) lets FINN fold the o
 ## This model
 
 {_layer_table(desc)}
+
+Grid width B, chosen by:
+{_grid_text(desc)}
 
 Totals: {totals['macs']:,} MACs; BOPs (paper, index bits b) {totals['bops_paper_index_bits']:.6g};
 MACs x B x b_a = {totals['bops_simple_grid_bits']:,} (qonnx inference_cost: \

@@ -24,6 +24,7 @@ from qonnx.transformation.change_batchsize import ChangeBatchSize
 from qonnx.transformation.infer_shapes import InferShapes
 
 import uniq_tf
+from fpga_export import actquant
 from fpga_export.onnx_graph import INPUT_NAME, OUTPUT_NAME
 from uniq_tf._keras import keras
 from uniq_tf.quantize import float_kernel, kernel_wrappers
@@ -40,29 +41,50 @@ def predict(bundle_dir: str | Path, x: np.ndarray) -> np.ndarray:
 def quantize_input(bundle_dir: str | Path, x: np.ndarray) -> np.ndarray:
     """``x`` as the bundle's input Quant sees it: s * clip(round(x / s), q_min, q_max)."""
     quant = json.loads((Path(bundle_dir) / "descriptor.json").read_text())["input"]["quant"]
-    scale = np.float32(quant["scale"])
-    bits = quant["bits"]
-    low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if quant["signed"] else (0, 2**bits - 1)
-    return (np.clip(np.round(np.asarray(x, np.float32) / scale), low, high) * scale).astype(
-        np.float32)
+    params = actquant.QuantParams(quant["scale"], quant["zero_point"], quant["bits"],
+                                  quant["signed"])
+    return params.apply(x)
+
+
+def float_weight_copy(model):
+    """A copy of the quantized ``model`` (same weights) with its weight quantizers in FLOAT
+    mode, so that :func:`set_kernels` decides what every kernel computes with."""
+    with uniq_tf.quantize_scope():
+        copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    uniq_tf.set_weight_mode(copy, uniq_tf.Mode.FLOAT)
+    return copy
+
+
+def snapped_kernel(codebook: uniq_tf.Codebook, values: np.ndarray) -> np.ndarray:
+    """The kernel whose weights hold ``values`` (the codebook's levels on the grid, s * n, of
+    the shape of ``codebook.levels``) at their indices, in the Keras layout."""
+    return dataclasses.replace(
+        codebook, levels=np.asarray(values, np.float32).reshape(codebook.levels.shape)
+    ).dequantize()
+
+
+def set_kernels(copy, codebooks: dict, kernels: dict[str, np.ndarray]) -> None:
+    """Assigns ``kernels`` (codebook key -> Keras-layout kernel) to the float variables of the
+    layers ``codebooks`` names, in a copy from :func:`float_weight_copy`."""
+    by_name = {w.layer.name: w for w in kernel_wrappers(copy)}
+    for key, kernel in kernels.items():
+        codebook = codebooks[key]
+        float_kernel(by_name[codebook.layer], codebook.weight).assign(kernel)
 
 
 def grid_snapped_model(model, bundle_dir: str | Path):
     """A copy of the quantized ``model`` with every quantized kernel replaced by its grid-snapped
     codebook values from the bundle's codebooks.npz (weight mode FLOAT)."""
     arrays = np.load(Path(bundle_dir) / "codebooks.npz")
-    with uniq_tf.quantize_scope():
-        copy = keras.models.clone_model(model)
-    copy.set_weights(model.get_weights())
-    codebooks = uniq_tf.get_codebooks(copy)
-    for wrapper in kernel_wrappers(copy):
-        name = wrapper.layer.name
-        codebook = codebooks[name]
-        scale = arrays[f"{name}/grid_scale"]
-        values = arrays[f"{name}/grid_levels"] * (scale[:, None] if scale.size > 1 else scale)
-        snapped = dataclasses.replace(codebook, levels=values.astype(np.float32)).dequantize()
-        float_kernel(wrapper, codebook.weight).assign(snapped)
-    uniq_tf.set_weight_mode(copy, uniq_tf.Mode.FLOAT)
+    copy = float_weight_copy(model)
+    codebooks = uniq_tf.get_codebooks(model)
+    kernels = {}
+    for key, codebook in codebooks.items():
+        scale = arrays[f"{key}/grid_scale"]
+        values = arrays[f"{key}/grid_levels"] * (scale[:, None] if scale.size > 1 else scale)
+        kernels[key] = snapped_kernel(codebook, values)
+    set_kernels(copy, codebooks, kernels)
     return copy
 
 

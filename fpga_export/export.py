@@ -35,7 +35,7 @@ from qonnx.transformation.infer_shapes import InferShapes
 from qonnx.util.inference_cost import inference_cost
 
 import uniq_tf
-from fpga_export import actquant, bundle, costs, folding, grid, onnx_graph
+from fpga_export import actquant, autogrid, bundle, costs, folding, grid, onnx_graph
 from uniq_tf import atomic
 from uniq_tf._keras import require_keras2_model
 from uniq_tf.quantize import flatten_layers
@@ -133,20 +133,46 @@ def _check_supported(stripped) -> None:
         )
 
 
-def _grids(codebooks, grid_bits, tolerance) -> dict[str, grid.IntegerGrid]:
+AUTO = "auto"
+RULES = {
+    "level_error": "smallest B >= max(b, 2) within grid_tolerance of the smallest level gap",
+    "trained": "the grid the layer was fine-tuned on (uniq_tf.set_grid_bits)",
+    "fixed": "weight_grid_bits",
+    "validation": "smallest B within the validation tolerance (fpga_export.autogrid)",
+}
+
+
+def _fallback_grids(codebooks, tolerance) -> tuple[dict[str, grid.IntegerGrid], dict[str, str]]:
+    """Data-free widths: the fine-tuned grid where there is one, else the level-error rule."""
+    grids, rules = {}, {}
+    for key, codebook in codebooks.items():
+        try:
+            grids[key] = grid.snap_codebook(codebook.levels, codebook.bits, tolerance,
+                                            codebook.grid_bits)
+        except ValueError as err:
+            raise ValueError(f"layer {key!r}: {err}") from None
+        rules[key] = "level_error" if codebook.grid_bits is None else "trained"
+    return grids, rules
+
+
+def _fixed_grids(codebooks, grid_bits, tolerance) -> dict[str, grid.IntegerGrid]:
     out = {}
     for key, codebook in codebooks.items():
-        if grid_bits is not None and grid_bits < max(codebook.bits, 2):
+        if grid_bits < max(codebook.bits, 2):
             raise ValueError(
                 f"weight_grid_bits={grid_bits} is narrower than layer {key!r}'s codebook: "
                 f"{codebook.size} levels need at least {max(codebook.bits, 2)} bits"
             )
-        try:
-            out[key] = grid.snap_codebook(codebook.levels, codebook.bits, tolerance, grid_bits)
-        except ValueError as err:
-            raise ValueError(f"layer {key!r}: {err}") from None
+        if codebook.grid_bits not in (None, grid_bits):
+            warnings.warn(
+                f"layer {key!r} was fine-tuned on a {codebook.grid_bits}-bit grid; "
+                f"weight_grid_bits={grid_bits} snaps its levels again, so the bundle no longer "
+                "computes exactly what the Keras model computes",
+                stacklevel=3,
+            )
+        out[key] = grid.snap_codebook(codebook.levels, codebook.bits, tolerance, grid_bits)
         worst = float(out[key].relative_error.max())
-        if grid_bits is not None and worst > tolerance:
+        if worst > tolerance:
             warnings.warn(
                 f"layer {key!r}: a {grid_bits}-bit grid represents its codebook within "
                 f"{worst:.2%} of the smallest level gap, above grid_tolerance={tolerance:.2%}",
@@ -255,7 +281,7 @@ def export_finn(
     model,
     out_dir: str | os.PathLike,
     input_shape: tuple[int, int, int] | None = None,
-    weight_grid_bits: int | None = None,
+    weight_grid_bits: int | str | None = None,
     target_fps: float | None = None,
     board: str | None = None,
     *,
@@ -266,6 +292,9 @@ def export_finn(
     grid_tolerance: float = grid.GRID_TOLERANCE,
     synth_clk_period_ns: float = DEFAULT_CLOCK_NS,
     cost_check: bool = True,
+    validation_data=None,
+    validation_tolerance: float = autogrid.DEFAULT_TOLERANCE,
+    validation_metric: str = "agreement",
 ) -> FinnExport:
     """Writes the FINN bundle of a UNIQ-quantized model to ``out_dir`` (module docstring).
 
@@ -276,9 +305,14 @@ def export_finn(
             ``uniq_tf.get_activation_ranges``.
         out_dir: the bundle directory; it must not exist or be empty unless ``overwrite``.
         input_shape: (height, width, channels), needed when the model's is dynamic.
-        weight_grid_bits: the integer grid width B of every quantized layer; by default each
-            layer gets the smallest B >= its index width that represents its codebook within
-            ``grid_tolerance`` of the smallest level gap (fpga_export.grid).
+        weight_grid_bits: the integer grid width B of every quantized layer (an int); None
+            (default, data-free) for per layer the grid it was fine-tuned on
+            (``uniq_tf.set_grid_bits``), else the smallest B >= its index width that
+            represents its codebook within ``grid_tolerance`` of the smallest level gap
+            (fpga_export.grid); "auto" for per layer the smallest B >= its index width whose
+            exported model stays within ``validation_tolerance`` of the Keras model on
+            ``validation_data``, found by the greedy search of fpga_export.autogrid starting
+            from the widths None gives.
         target_fps: frames per second the folding config aims at; None for PE = SIMD = 1.
         board: a FINN board name (fpga_export.bundle.BOARDS), default "Pynq-Z1".
         overwrite: replace a non-empty ``out_dir``.
@@ -289,6 +323,23 @@ def export_finn(
         cost_check: cross-check the BOPs with ``qonnx.util.inference_cost`` (descriptor
             totals "qonnx_inference_cost"); it takes minutes on large graphs (about 20 for
             DenseNet121 at 64x64): False skips it and writes null.
+        validation_data: for "auto": inputs x (Keras layout), or (x, y) with integer labels.
+        validation_tolerance: for "auto": how far the exported model's score may be from
+            the Keras model's (fpga_export.autogrid: 1 - agreement, accuracy points as a
+            fraction, or relative loss), default 0.005.
+        validation_metric: for "auto": "agreement" (top-1 with the Keras model, needs x
+            only), "accuracy" or "loss" (need labels; "loss" the model's compiled loss).
+
+    Returns:
+        FinnExport: the bundle directory and its descriptor. The descriptor says per layer
+        which rule chose B (``codebook.grid_rule``) and, for "auto", the search's scores
+        (``weight_grid.selection``).
+
+    Raises:
+        ValueError: a float model, an unsupported layer (all are named), an argument out of
+            range, a grid narrower than a layer's codebook, "auto" without validation_data
+            or validation_data without "auto", labels missing for the metric.
+        FileExistsError, PermissionError: ``out_dir`` cannot take the bundle.
     """
     model = require_keras2_model(model)
     if not uniq_tf.is_quantized_model(model):
@@ -297,8 +348,20 @@ def export_finn(
             "uniq_tf.quantize_model and train it first, or load a saved quantized model inside "
             "uniq_tf.quantize_scope()"
         )
-    if weight_grid_bits is not None:
-        weight_grid_bits = _check_int(weight_grid_bits, 2, grid.MAX_GRID_BITS, "weight_grid_bits")
+    if weight_grid_bits == AUTO:
+        if validation_data is None:
+            raise ValueError('weight_grid_bits="auto" measures accuracy: pass validation_data '
+                             "(inputs x, or (x, y))")
+        validation_tolerance = _check_positive(validation_tolerance, "validation_tolerance")
+        if validation_metric not in autogrid.METRICS:
+            raise ValueError(f"validation_metric must be one of {autogrid.METRICS}, got "
+                             f"{validation_metric!r}")
+    elif validation_data is not None:
+        raise ValueError('validation_data is used only with weight_grid_bits="auto", got '
+                         f"weight_grid_bits={weight_grid_bits!r}")
+    elif weight_grid_bits is not None:
+        weight_grid_bits = _check_int(weight_grid_bits, 2, grid.MAX_GRID_BITS,
+                                      'weight_grid_bits (or "auto")')
     if target_fps is not None:
         target_fps = _check_positive(target_fps, "target_fps")
     board = DEFAULT_BOARD if board is None else board
@@ -316,7 +379,17 @@ def export_finn(
     stripped = uniq_tf.strip_quantization(model)
     _check_supported(stripped)
     codebooks = uniq_tf.get_codebooks(model)
-    grids = _grids(codebooks, weight_grid_bits, grid_tolerance)
+    selection = None
+    if weight_grid_bits is None or weight_grid_bits == AUTO:
+        grids, rules = _fallback_grids(codebooks, grid_tolerance)
+    else:
+        grids = _fixed_grids(codebooks, weight_grid_bits, grid_tolerance)
+        rules = dict.fromkeys(codebooks, "fixed")
+    if weight_grid_bits == AUTO:
+        grids, selection = autogrid.choose_grid_bits(
+            model, codebooks, grids, input_quant, validation_data, validation_tolerance,
+            validation_metric)
+        rules = dict.fromkeys(codebooks, "validation")
     activations = _activations(model)
     graph = onnx_graph.build_graph(stripped, shape, input_quant, codebooks, grids, activations)
     notes = bundle.finn_notes(graph)
@@ -334,6 +407,8 @@ def export_finn(
     descriptor = bundle.descriptor(
         model.name, shape, input_quant, graph, rows, activations, foldings,
         qonnx_cost=_qonnx_bops(wrapper) if cost_check else None, grid_tolerance=grid_tolerance,
+        grid_rules={key: (rule, RULES[rule]) for key, rule in rules.items()},
+        grid_selection=selection,
     )
     act_bits = max([p.bits for p in activations.values()], default=0)
     build_config = bundle.build_config(

@@ -10,6 +10,8 @@ scale. A UNIQ codebook row (k = 2^b non-uniform levels l_0 < ... < l_{k-1}) is r
 ``tolerance`` times the smallest gap between adjacent levels (default 1%). For a width B the
 scale is searched among ``s = max|l| / n`` (n <= N, so the largest level sits exactly on the
 grid); the chosen B is the smallest B >= max(b, 2) whose best scale meets the tolerance.
+The snapping itself is ``uniq_tf.kquantile.snap_to_grid``, the function grid-aware training
+uses too (``KQuantileWeightQuantizer(grid_bits=B)``, ``uniq_tf.set_grid_bits``).
 """
 
 from __future__ import annotations
@@ -18,9 +20,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from uniq_tf import kquantile
+from uniq_tf._keras import tf
+
 GRID_TOLERANCE = 0.01
-MAX_GRID_BITS = 16
-_MAX_CANDIDATES = 4096
+MAX_GRID_BITS = kquantile.MAX_GRID_BITS
+_MAX_CHUNK_ELEMENTS = 2**22
 
 
 @dataclass(frozen=True)
@@ -55,31 +60,21 @@ def min_gap(levels: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(gap), gap, 0.0)
 
 
-def _best_scale(row: np.ndarray, bits: int) -> tuple[float, np.ndarray, float]:
-    """(s, n, error) minimizing max |s n - l| over s = max|l| / n_top, n_top <= N."""
-    top = float(np.abs(row).max())
-    big_n = 2 ** (bits - 1) - 1
-    if top == 0.0:
-        return 1.0, np.zeros(row.shape, np.int64), 0.0
-    tops = np.unique(np.linspace(max(1, big_n // 2), big_n, min(_MAX_CANDIDATES, big_n)).round())
-    scales = top / tops
-    ints = np.clip(np.round(row[None, :] / scales[:, None]), -big_n, big_n)
-    errors = np.abs(ints * scales[:, None] - row[None, :]).max(axis=1)
-    best = int(np.argmin(errors))
-    return float(scales[best]), ints[best].astype(np.int64), float(errors[best])
-
-
 def snap_rows(levels: np.ndarray, bits: int) -> IntegerGrid:
-    """Snaps every row of ``levels`` (C, k) to a B-bit grid with its own best scale."""
+    """Snaps every row of ``levels`` (C, k) to a B-bit grid with its own best scale
+    (``uniq_tf.kquantile.snap_to_grid``, in float64; rows in chunks to bound memory)."""
     levels = np.asarray(levels, np.float64)
-    fits = [_best_scale(row, bits) for row in levels]
-    error = np.array([f[2] for f in fits])
+    chunk = max(1, _MAX_CHUNK_ELEMENTS // (len(kquantile.grid_tops(bits)) * levels.shape[1]))
+    parts = [kquantile.snap_to_grid(tf.constant(levels[i:i + chunk]), bits)
+             for i in range(0, len(levels), chunk)]
+    values = np.concatenate([p[0].numpy() for p in parts])
+    error = np.abs(values - levels).max(axis=1)
     gap = min_gap(levels)
     relative = np.divide(error, gap, out=np.where(error > 0, np.inf, 0.0), where=gap > 0)
     return IntegerGrid(
         bits=bits,
-        scale=np.array([f[0] for f in fits], np.float64),
-        levels=np.stack([f[1] for f in fits]),
+        scale=np.concatenate([p[1].numpy() for p in parts]),
+        levels=np.concatenate([p[2].numpy() for p in parts]).astype(np.int64),
         error=error,
         relative_error=relative,
     )

@@ -26,6 +26,7 @@ from uniq_tf.quantize import (
     is_quantized_model,
     quantize_model,
     quantize_scope,
+    set_grid_bits,
     strip_quantization,
 )
 from uniq_tf.quantizers import (
@@ -56,6 +57,7 @@ __all__ = [
     "quantize_model",
     "quantize_scope",
     "set_activation_mode",
+    "set_grid_bits",
     "set_weight_mode",
     "strip_quantization",
     "summary",

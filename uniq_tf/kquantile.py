@@ -14,6 +14,15 @@ with F the fitted CDF of a weight tensor (per tensor, or per output channel):
     e          ~ U[-s / (2k), +s / (2k)], s = 1 (s = 2 for the "high noise" variant)
     w_hat      = F^-1(clip(u + e, 1e-5, 1 - 1e-5))       (training-time noise, "paper")
 
+Integer grid (``grid_bits=`` B >= b; FINN computes with B-bit integer weights, docs/method.md
+"Integer grid"): each codebook row is replaced by its nearest B-bit grid
+
+    N          = 2^(B-1) - 1
+    n_i        = clip(round(level_i / s), -N, N)
+    s          = max|level| / t, t the integer in [N // 2, N] (up to 4096 evenly spaced
+                 candidates) minimizing max_i |s n_i - level_i|
+    level_i   <- s n_i                                   (the snapped codebook)
+
 Noise models (``noise=``; docs/method.md, "Noise models", has their error tables):
 
     "paper"        w_hat = F^-1(clip(u + e, 1e-5, 1 - 1e-5)): the paper and reference code
@@ -50,6 +59,8 @@ EMPIRICAL = "empirical"
 DISTRIBUTIONS = (GAUSSIAN, EMPIRICAL)
 SIGMA_MIN = 1e-5
 U_CLIP = 1e-5
+MAX_GRID_BITS = 16
+_MAX_GRID_CANDIDATES = 4096
 _SQRT2 = np.sqrt(2.0)
 
 
@@ -148,20 +159,59 @@ def levels(stats: RowStats, bits: int, dtype: tf.DType = tf.float32) -> tf.Tenso
     return inverse(tf.tile(p, [rows, 1]), stats)
 
 
+@cache
+def grid_tops(grid_bits: int) -> np.ndarray:
+    """The integers t the largest level may sit on: up to 4096 evenly spaced in [N // 2, N]."""
+    big_n = 2 ** (grid_bits - 1) - 1
+    count = min(_MAX_GRID_CANDIDATES, big_n)
+    return np.unique(np.linspace(max(1, big_n // 2), big_n, count).round())
+
+
+def snap_to_grid(codebook: tf.Tensor, grid_bits: int) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Snaps each row of a (C, k) codebook to its best B-bit integer grid (module docstring).
+
+    Returns (values, scale, ints): values = scale[:, None] * ints, (C, k) in the codebook's
+    dtype; scale (C,); ints (C, k), integers in [-N, N] stored in the codebook's dtype. A row
+    of zeros gets scale 1 and ints 0.
+    """
+    codebook = tf.convert_to_tensor(codebook)
+    big_n = float(2 ** (grid_bits - 1) - 1)
+    tops = tf.constant(grid_tops(grid_bits), codebook.dtype)
+    top = tf.reduce_max(tf.abs(codebook), axis=1, keepdims=True)
+    scales = tf.where(top > 0, top, tf.ones_like(top)) / tops[tf.newaxis, :]  # (C, T)
+    ints = tf.clip_by_value(
+        tf.round(codebook[:, tf.newaxis, :] / scales[:, :, tf.newaxis]), -big_n, big_n)
+    errors = tf.reduce_max(
+        tf.abs(ints * scales[:, :, tf.newaxis] - codebook[:, tf.newaxis, :]), axis=2)
+    best = tf.argmin(errors, axis=1, output_type=tf.int32)
+    scale = tf.gather(scales, best, batch_dims=1)
+    ints = tf.gather(ints, best, batch_dims=1)
+    zero = top[:, 0] == 0
+    scale = tf.where(zero, tf.ones_like(scale), scale)
+    ints = tf.where(zero[:, tf.newaxis], tf.zeros_like(ints), ints)
+    return ints * scale[:, tf.newaxis], scale, ints
+
+
 def bin_index(u: tf.Tensor, bits: int) -> tf.Tensor:
     """bin = clip(floor(u * k), 0, k - 1), int32."""
     k = 2**bits
     return tf.clip_by_value(tf.cast(tf.floor(u * k), tf.int32), 0, k - 1)
 
 
-def quantize_rows(rows: tf.Tensor, bits: int, distribution: str = GAUSSIAN):
+def quantize_rows(
+    rows: tf.Tensor, bits: int, distribution: str = GAUSSIAN, grid_bits: int | None = None
+):
     """Hard k-quantile quantization of a (C, N) matrix.
 
     Returns (w_q, levels, indices) with w_q = levels[row, indices] exactly (w_q is gathered
-    from the codebook, never recomputed), levels (C, k) and indices (C, N) int32.
+    from the codebook, never recomputed), levels (C, k) and indices (C, N) int32. With
+    ``grid_bits`` the levels are snapped to their B-bit grid (:func:`snap_to_grid`); the bins
+    stay those of the unsnapped codebook.
     """
     stats = fit(rows, distribution)
     codebook = levels(stats, bits, rows.dtype)
+    if grid_bits is not None:
+        codebook = snap_to_grid(codebook, grid_bits)[0]
     indices = bin_index(uniformize(rows, stats), bits)
     return tf.gather(codebook, indices, batch_dims=1), codebook, indices
 
@@ -238,10 +288,12 @@ def noisy_rows(
     return inverse(tf.clip_by_value(u + e, low, 1.0 - low), stats)
 
 
-def quantize(w, bits: int, channel_axes=None, distribution: str = GAUSSIAN) -> tf.Tensor:
+def quantize(
+    w, bits: int, channel_axes=None, distribution: str = GAUSSIAN, grid_bits: int | None = None
+) -> tf.Tensor:
     """Hard-quantizes a weight tensor of any shape (see :func:`quantize_rows`)."""
     rows, back = to_rows(w, channel_axes)
-    return back(quantize_rows(rows, bits, distribution)[0])
+    return back(quantize_rows(rows, bits, distribution, grid_bits)[0])
 
 
 def add_noise(
@@ -257,14 +309,17 @@ def add_noise(
     return back(noisy_rows(rows, bits, distribution, noise_scale, noise))
 
 
-def codebook(w, bits: int, channel_axes=None, distribution: str = GAUSSIAN):
+def codebook(
+    w, bits: int, channel_axes=None, distribution: str = GAUSSIAN, grid_bits: int | None = None
+):
     """(levels, indices) of a weight tensor as numpy arrays.
 
-    levels is (k,) per tensor or (C, k) per channel; indices has w's shape (int32) and
-    holds each weight's bin. Per tensor, ``levels[indices]`` is the quantized tensor exactly.
+    levels is (k,) per tensor or (C, k) per channel (snapped to the B-bit grid when
+    ``grid_bits`` is given); indices has w's shape (int32) and holds each weight's bin. Per
+    tensor, ``levels[indices]`` is the quantized tensor exactly.
     """
     rows, back = to_rows(w, channel_axes)
-    _, levels_, indices = quantize_rows(rows, bits, distribution)
+    _, levels_, indices = quantize_rows(rows, bits, distribution, grid_bits)
     indices = back(indices).numpy()
     levels_ = levels_.numpy()
     return (levels_[0] if not channel_axes else levels_), indices

@@ -19,7 +19,11 @@ import tensorflow_model_optimization as tfmot
 from uniq_tf import kquantile, registry
 from uniq_tf._keras import keras, require_keras2_model, tf
 from uniq_tf.quantize_config import ActivationQuantizeConfig, KernelQuantizeConfig
-from uniq_tf.quantizers import KQuantileWeightQuantizer, SwitchableActivationQuantizer
+from uniq_tf.quantizers import (
+    KQuantileWeightQuantizer,
+    SwitchableActivationQuantizer,
+    check_grid_bits,
+)
 from uniq_tf.scheme import UniqQuantizeScheme
 
 QuantizeWrapper = tfmot.quantization.keras.QuantizeWrapperV2
@@ -334,6 +338,8 @@ class Codebook:
 
     levels: (k,) per tensor, or (C, k) per output channel (C = rows of the statistics).
     indices: int32, the kernel's shape, each weight's bin in 0..k-1.
+    grid_bits: the integer grid width B the levels are snapped to (the quantizer's
+    ``grid_bits``), or None.
     Per tensor, ``levels[indices]`` equals the stripped kernel exactly; :meth:`dequantize`
     handles both cases.
     """
@@ -345,6 +351,7 @@ class Codebook:
     indices: np.ndarray
     channel_axes: tuple[int, ...] | None
     distribution: str
+    grid_bits: int | None = None
 
     @property
     def size(self) -> int:
@@ -372,13 +379,56 @@ def get_codebooks(model) -> dict[str, Codebook]:
         for attr, quantizer, _ in weight_quantizers(wrapper):
             kernel = float_kernel(wrapper, attr)
             levels, indices = kquantile.codebook(
-                kernel, quantizer.bits, quantizer.channel_axes, quantizer.distribution
+                kernel, quantizer.bits, quantizer.channel_axes, quantizer.distribution,
+                quantizer.grid_bits,
             )
             out[_codebook_key(wrapper, attr)] = Codebook(
                 wrapper.layer.name, attr, quantizer.bits, levels, indices.astype(np.int32),
-                quantizer.channel_axes, quantizer.distribution,
+                quantizer.channel_axes, quantizer.distribution, quantizer.grid_bits,
             )
     return out
+
+
+def set_grid_bits(model, bits: int | None, layers: Iterable[str] | None = None) -> dict:
+    """Snaps the hard codebooks of ``layers`` (all quantized layers when None) to their
+    ``bits``-bit integer grid (``KQuantileWeightQuantizer.grid_bits``), or back when None.
+
+    For grid-aware fine-tuning before an FPGA export: set it, put the weights in QUANTIZED
+    mode (``set_weight_mode``), train the last epochs, then ``fpga_export.export_finn`` uses
+    the same grids and its graph computes what the Keras model computes. The setting is saved
+    with the model. The model's compiled train/test/predict functions are reset so the next
+    ``fit``/``evaluate``/``predict`` traces the new forward pass (no recompile needed).
+
+    Args:
+        model: a quantized model (``quantize_model``).
+        bits: the grid width B, at least max(b, 2) for every selected layer and at most 16;
+            None removes the snapping.
+        layers: names of quantized layers, or None for all.
+
+    Returns:
+        Codebook key -> the grid width now set.
+
+    Raises:
+        ValueError: an unknown layer name, or ``bits`` narrower than a layer's codebook (the
+            message names the layer and the allowed widths).
+    """
+    selected = kernel_wrappers(model)
+    if layers is not None:
+        wanted = {layers} if isinstance(layers, str) else set(layers)
+        names = {w.layer.name for w in selected}
+        unknown = sorted(wanted - names)
+        if unknown:
+            raise ValueError(f"No quantized layers named {unknown}; quantized layers: "
+                             f"{sorted(names)}")
+        selected = [w for w in selected if w.layer.name in wanted]
+    quantizers = [(_codebook_key(w, attr), q) for w in selected
+                  for attr, q, _ in weight_quantizers(w)]
+    for key, quantizer in quantizers:
+        check_grid_bits(bits, quantizer.bits, f"grid bits of layer {key!r}")
+    for _, quantizer in quantizers:
+        quantizer.grid_bits = None if bits is None else int(bits)
+    model.train_function = model.test_function = model.predict_function = None
+    return {key: quantizer.grid_bits for key, quantizer in quantizers}
 
 
 def get_activation_ranges(model) -> dict[str, tuple[float, float, int]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 
+import numpy as np
 import tensorflow_model_optimization as tfmot
 
 from uniq_tf import kquantile
@@ -67,6 +68,22 @@ def _add_mode_variable(layer, name: str, initial_mode: int) -> tf.Variable:
     )
 
 
+def check_grid_bits(grid_bits, bits: int, where: str = "grid_bits") -> int | None:
+    """``grid_bits`` if it is None or an integer in max(bits, 2)..16, else a ValueError that
+    names ``where`` and the allowed widths."""
+    if grid_bits is None:
+        return None
+    low = max(int(bits), 2)
+    if isinstance(grid_bits, bool) or not isinstance(grid_bits, (int, np.integer)) or not (
+        low <= grid_bits <= kquantile.MAX_GRID_BITS
+    ):
+        raise ValueError(
+            f"{where} must be None or an integer in {low}..{kquantile.MAX_GRID_BITS} (a "
+            f"{bits}-bit codebook needs a grid of at least {low} bits), got {grid_bits!r}"
+        )
+    return int(grid_bits)
+
+
 @keras.utils.register_keras_serializable(package="uniq_tf")
 class KQuantileWeightQuantizer(_Quantizer):
     """UNIQ weight quantizer (Baskin et al. 2021, sections 1-2 of docs/method.md).
@@ -76,6 +93,9 @@ class KQuantileWeightQuantizer(_Quantizer):
         NOISY:      training: w_hat = F^-1(clip(F(w) + e)), e ~ U[-s/2k, s/2k] (the clip and
                     the noise's form depend on ``noise``); else w_q
         QUANTIZED:  w_q = F^-1((floor(F(w) k) + 1/2) / k), exactly one of k codebook values
+    With ``grid_bits`` = B, the codebook of NOISY-at-inference and QUANTIZED is snapped to its
+    B-bit integer grid, level_i <- s n_i (``kquantile.snap_to_grid``): the values FINN computes
+    with, so a model fine-tuned this way exports to a B-bit FPGA bundle without a change.
     Backward: dL/dw = dL/d(forward) in every mode (identity); F's statistics carry no gradient.
 
     Args:
@@ -87,6 +107,11 @@ class KQuantileWeightQuantizer(_Quantizer):
         noise: the noise model, one of ``kquantile.NOISE_MODELS``: "paper" (the paper's clip
             to [1e-5, 1 - 1e-5]), "clipped" (clip to [1/(2k), 1 - 1/(2k)]) or "bin_matched".
         initial_mode: the mode a freshly built layer starts in.
+        grid_bits: None (the codebook as it is) or the integer grid width B, max(bits, 2)..16,
+            the hard codebook is snapped to (``uniq_tf.set_grid_bits`` sets it on a model).
+
+    Raises:
+        ValueError: ``grid_bits`` outside max(bits, 2)..16, or an unknown ``noise``.
     """
 
     def __init__(
@@ -97,6 +122,7 @@ class KQuantileWeightQuantizer(_Quantizer):
         noise_scale: float = 1.0,
         initial_mode: int = Mode.NOISY,
         noise: str = kquantile.PAPER,
+        grid_bits: int | None = None,
     ):
         self.bits = int(bits)
         self.channel_axes = tuple(channel_axes) if channel_axes else None
@@ -104,12 +130,14 @@ class KQuantileWeightQuantizer(_Quantizer):
         self.noise_scale = float(noise_scale)
         self.initial_mode = int(initial_mode)
         self.noise = kquantile.check_noise(noise)
+        self.grid_bits = check_grid_bits(grid_bits, self.bits)
 
     def build(self, tensor_shape, name, layer):
         return {"mode": _add_mode_variable(layer, f"{name}_{MODE_VARIABLE}", self.initial_mode)}
 
     def quantize(self, w: tf.Tensor) -> tf.Tensor:
-        return kquantile.quantize(w, self.bits, self.channel_axes, self.distribution)
+        return kquantile.quantize(
+            w, self.bits, self.channel_axes, self.distribution, self.grid_bits)
 
     def noisy(self, w: tf.Tensor) -> tf.Tensor:
         return kquantile.add_noise(
@@ -140,6 +168,7 @@ class KQuantileWeightQuantizer(_Quantizer):
             "noise_scale": self.noise_scale,
             "initial_mode": self.initial_mode,
             "noise": self.noise,
+            "grid_bits": self.grid_bits,
         }
 
     def __eq__(self, other):
