@@ -10,6 +10,13 @@ folding configs, finn_steps.py, README.md), then ``<output_dir>/summary.json``. 
 digits' pixel counts 0..16 exactly, and the exported graph is run with qonnx's executor on the
 test split against the quantized Keras model and against its grid-snapped copy.
 
+Low-bit grids (issue 13): ``--weight_grid_bits=auto`` picks each layer's grid width B by
+measured top-1 agreement with the Keras model (``--validation_tolerance``; digits: on the last
+``VALIDATION_SIZE`` training images, so the test split stays unseen); ``--grid_aware_bits=B``
+first fine-tunes the model for ``--grid_aware_epochs`` on the digits training split with its
+codebooks snapped to B bits (``uniq_tf.set_grid_bits``), so the bundle at B computes what the
+Keras model computes.
+
 FINN itself runs in a separate environment: see examples/finn_estimate.py.
 ``run(model_path, output_dir, ...)`` does the same in-process and returns the summary.
 """
@@ -31,6 +38,31 @@ USAGE_HINT = " (pass --helpshort to see the flags)"
 DATASETS = ("digits", "none")
 BUNDLE = "finn_bundle"
 DIGITS_INPUT = {"input_bits": 5, "input_scale": 1 / 16}  # pixel counts 0..16, exactly
+VALIDATION_SIZE = 360
+
+
+def _parse_grid_bits(text: str | int | None) -> int | str | None:
+    if text is None or text == "auto" or isinstance(text, int):
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"--weight_grid_bits takes an integer or 'auto', got {text!r}") from None
+
+
+def grid_aware_fine_tune(model, bits: int, epochs: int, learning_rate: float) -> None:
+    """Fine-tunes ``model`` on the digits training split with its codebooks on the ``bits``
+    grid (weights in QUANTIZED mode; logits, sparse cross-entropy, Adam)."""
+    from uniq_tf import set_grid_bits, set_weight_mode
+    from uniq_tf._keras import keras
+    from uniq_tf.quantizers import Mode
+
+    x_train, y_train, _, _ = data.load_digits()
+    set_grid_bits(model, bits)
+    set_weight_mode(model, Mode.QUANTIZED)
+    model.compile(keras.optimizers.Adam(learning_rate),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x_train, y_train, epochs=epochs, batch_size=32, verbose=0)
 
 
 def load_quantized(path: str):
@@ -54,20 +86,41 @@ def run(
     output_dir: str,
     dataset: str = "digits",
     input_shape: str | None = None,
-    weight_grid_bits: int | None = None,
+    weight_grid_bits: int | str | None = None,
     target_fps: float | None = None,
     board: str | None = None,
     overwrite: bool = False,
     verbose: bool = True,
+    validation_tolerance: float = 0.005,
+    grid_aware_bits: int | None = None,
+    grid_aware_epochs: int = 2,
+    grid_aware_lr: float = 1e-4,
 ) -> dict:
-    """Writes the bundle of ``model_path`` under ``output_dir``; returns the summary dict."""
+    """Writes the bundle of ``model_path`` under ``output_dir``; returns the summary dict.
+
+    ``weight_grid_bits``: an integer, None (data-free rule) or "auto" (digits only: measured on
+    the last VALIDATION_SIZE training images). ``grid_aware_bits``: fine-tune on that grid
+    first (digits only).
+    """
     if dataset not in DATASETS:
         raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
+    weight_grid_bits = _parse_grid_bits(weight_grid_bits)
+    needs_data = weight_grid_bits == "auto" or grid_aware_bits is not None
+    if needs_data and dataset != "digits":
+        raise ValueError("--weight_grid_bits=auto and --grid_aware_bits need --dataset=digits "
+                         "here; call fpga_export.export_finn with your own validation_data")
     model = load_quantized(model_path)
+    if grid_aware_bits is not None:
+        grid_aware_fine_tune(model, grid_aware_bits, grid_aware_epochs, grid_aware_lr)
+    auto = {}
+    if weight_grid_bits == "auto":
+        x_train = data.load_digits()[0]
+        auto = {"validation_data": x_train[-VALIDATION_SIZE:],
+                "validation_tolerance": validation_tolerance}
     bundle_dir = os.path.join(output_dir, BUNDLE)
     result = fpga_export.export_finn(
         model, bundle_dir, _parse_shape(input_shape), weight_grid_bits, target_fps, board,
-        overwrite=overwrite, **(DIGITS_INPUT if dataset == "digits" else {}),
+        overwrite=overwrite, **(DIGITS_INPUT if dataset == "digits" else {}), **auto,
     )
     desc = result.descriptor
     totals = desc["totals"]
@@ -75,6 +128,9 @@ def run(
         "model": model_path,
         "bundle": bundle_dir,
         "grid_bits": {row["name"]: row["weight_grid_bits"] for row in desc["layers"]},
+        "grid_rules": {row["name"]: row["codebook"]["grid_rule"] for row in desc["layers"]
+                       if row["codebook"]},
+        "grid_selection": desc["weight_grid"]["selection"],
         "macs": totals["macs"],
         "bops_paper_index_bits": totals["bops_paper_index_bits"],
         "bops_simple_grid_bits": totals["bops_simple_grid_bits"],
@@ -109,7 +165,9 @@ def main(argv) -> None:
     f = flags.FLAGS
     try:
         run(f.model, f.output_dir, f.dataset, f.input_shape, f.weight_grid_bits, f.target_fps,
-            f.board, f.overwrite)
+            f.board, f.overwrite, validation_tolerance=f.validation_tolerance,
+            grid_aware_bits=f.grid_aware_bits, grid_aware_epochs=f.grid_aware_epochs,
+            grid_aware_lr=f.grid_aware_lr)
     except FileExistsError as error:
         raise SystemExit(f"{error} (flag --overwrite){USAGE_HINT}") from error
     except (ValueError, FileNotFoundError) as error:
@@ -124,8 +182,16 @@ if __name__ == "__main__":
     flags.DEFINE_enum("dataset", "digits", list(DATASETS),
                       "digits: exact 5-bit input quantizer and a parity check on the test split.")
     flags.DEFINE_string("input_shape", None, "height,width,channels for a dynamic-shape model.")
-    flags.DEFINE_integer("weight_grid_bits", None, "Integer grid width B for every layer "
-                         "(default: the smallest within 1% of each codebook's level gap).")
+    flags.DEFINE_string("weight_grid_bits", None, "Integer grid width B for every layer, or "
+                        "'auto' (per layer, by measured agreement with the Keras model); "
+                        "default: the fine-tuned grid, else the smallest within 1% of each "
+                        "codebook's level gap.")
+    flags.DEFINE_float("validation_tolerance", 0.005, "For 'auto': 1 - the top-1 agreement "
+                       "allowed.")
+    flags.DEFINE_integer("grid_aware_bits", None, "Fine-tune on this grid width first "
+                         "(digits).")
+    flags.DEFINE_integer("grid_aware_epochs", 2, "Epochs of the grid-aware fine-tune.")
+    flags.DEFINE_float("grid_aware_lr", 1e-4, "Adam learning rate of the grid-aware fine-tune.")
     flags.DEFINE_float("target_fps", None, "Frames/s the folding config aims at.")
     flags.DEFINE_string("board", None, "FINN board (default Pynq-Z1).")
     flags.DEFINE_bool("overwrite", False, "Replace an existing bundle.")
