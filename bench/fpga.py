@@ -9,13 +9,17 @@ see examples/finn_estimate.py and ../shared/stack-notes.md):
 
 ``export`` (project venv) trains each model once per weight width b on the digits (seed 0,
 op determinism): 5 float epochs (Adam 3e-3), then UNIQ W{b}A8 (``quantize_model``'s
-defaults), activations calibrated, 2 epochs (Adam 5e-4), on the training split less its last
-``VALIDATION_SIZE`` images, which are the validation data of "auto". Then, per variant:
+defaults), activations calibrated, 2 epochs (Adam 5e-4), then 2 epochs in QUANTIZED mode
+(Adam 1e-4), all on the training split less its last ``VALIDATION_SIZE`` images, which are
+the validation data of "auto". The last two epochs are the same for every variant (same seed
+and data order) but for the grid:
 
-    default     the data-free rule (smallest B within 1% of each codebook's level gap)
-    auto        weight_grid_bits="auto": top-1 agreement with Keras within 0.5% on validation
-    grid_b+1    uniq_tf.set_grid_bits(b + 1), QUANTIZED mode, 2 epochs (Adam 1e-4), default
-                export (the fine-tuned grid)
+    default     no grid in training; the data-free export rule (smallest B within 1% of
+                each codebook's level gap)
+    auto        no grid in training; weight_grid_bits="auto": top-1 agreement with Keras
+                within 0.5% on the validation images
+    grid_b+1    the last two epochs on the (b + 1)-bit grid (uniq_tf.set_grid_bits); the
+                default export keeps that grid
 
 it writes one bundle per target throughput and records the widths, the Keras and ONNX test
 accuracy (qonnx's executor on the 450 test images) and the weight memory in export.json.
@@ -68,14 +72,18 @@ def _train(name: str, weight_bits: int, x_train, y_train):
     return quantized
 
 
-def _grid_aware(model, weight_bits: int, x_train, y_train):
+def _polish(model, grid_bits: int | None, x_train, y_train):
+    """A copy of ``model`` fine-tuned 2 epochs in QUANTIZED mode (Adam 1e-4, seed 0), its
+    codebooks on the ``grid_bits`` grid (None: as they are)."""
     import uniq_tf
+    from bench import common
     from uniq_tf._keras import keras
 
+    common.set_seed(0)
     with uniq_tf.quantize_scope():
         copy = keras.models.clone_model(model)
     copy.set_weights(model.get_weights())
-    uniq_tf.set_grid_bits(copy, weight_bits + 1)
+    uniq_tf.set_grid_bits(copy, grid_bits)
     uniq_tf.set_weight_mode(copy, uniq_tf.Mode.QUANTIZED)
     copy.compile(keras.optimizers.Adam(1e-4),
                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
@@ -102,8 +110,9 @@ def export(output_dir: Path, model_names: list[str], weight_bits: list[int],
     for name in model_names:
         for bits in weight_bits:
             trained = _train(name, bits, x_train, y_train)
-            models_by_variant = {"default": trained, "auto": trained,
-                                 "grid_b+1": _grid_aware(trained, bits, x_train, y_train)}
+            polished = _polish(trained, None, x_train, y_train)
+            models_by_variant = {"default": polished, "auto": polished,
+                                 "grid_b+1": _polish(trained, bits + 1, x_train, y_train)}
             for variant, model in models_by_variant.items():
                 keras_out = model.predict(x_test, verbose=0)
                 for fps in fps_list:
