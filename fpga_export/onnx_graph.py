@@ -509,6 +509,10 @@ class GraphBuilder:
         pads = self.const(f"{layer.name}_pads", [0, 0, top, left, 0, 0, bottom, right],
                           np.int64)
         out = self.op("Pad", [x.name, pads], layer.name, mode="constant")
+        self.finn_notes.append(
+            f"{layer.name!r}: FINN 1.6.1's InferFMPadding stops the build at a standalone Pad "
+            "(it reads an axes input, which an opset-11 Pad does not have); give the next "
+            "convolution padding='same' instead of a ZeroPadding2D")
         return self._like(x, out, "Pad", kshape=(1, h + top + bottom, w + left + right, c))
 
     def _rescale(self, layer, x: Tensor) -> Tensor:
