@@ -17,7 +17,6 @@ from uniq_tf import kquantile
 from uniq_tf._keras import keras, tf
 
 _Quantizer = tfmot.quantization.keras.quantizers.Quantizer
-_MovingAverageQuantizer = tfmot.quantization.keras.quantizers.MovingAverageQuantizer
 
 MODE_VARIABLE = "uniq_mode"
 ACT_MODE_VARIABLE = "uniq_act_mode"
@@ -147,12 +146,16 @@ class KQuantileWeightQuantizer(_Quantizer):
     def __call__(self, inputs, training, weights, **kwargs):
         mode = weights["mode"]
         w = inputs
+        # Statistics, codebooks and noise in float32 whatever the compute dtype (a mixed
+        # precision policy hands the kernel over in float16 or bfloat16); the result takes w's.
+        w32 = w if w.dtype == tf.float32 else tf.cast(w, tf.float32)
 
         def quantized():
-            return _with_identity_gradient(self.quantize(w), w)
+            return _with_identity_gradient(tf.cast(self.quantize(w32), w.dtype), w)
 
         if training:
-            noisy_fn = lambda: _with_identity_gradient(self.noisy(w), w)  # noqa: E731
+            noisy_fn = lambda: _with_identity_gradient(  # noqa: E731
+                tf.cast(self.noisy(w32), w.dtype), w)
         else:
             noisy_fn = quantized
         return tf.switch_case(
@@ -211,17 +214,20 @@ class SwitchableActivationQuantizer(_Quantizer):
         self.bits = int(bits)
         self.initial_mode = int(initial_mode)
         self.non_negative = bool(non_negative)
-        self._inner = _MovingAverageQuantizer(
-            num_bits=self.bits, per_axis=False, symmetric=False, narrow_range=False
-        )
 
     def build(self, tensor_shape, name, layer):
-        weights = self._inner.build(tensor_shape, name, layer)
-        if self.non_negative:
-            # TFMOT starts every range at [-6, 6]; a ReLU's never goes below 0, and a minimum
-            # below 0 is a nonzero zero point that FINN cannot map.
-            with tf.init_scope():
-                weights["min_var"].assign(0.0)
+        # The range variables TFMOT's MovingAverageQuantizer builds (same names, same initial
+        # [-6, 6]), made float32 without autocast: under a mixed precision policy the range and
+        # the fake-quant stay float32. A ReLU's range starts at 0 (it never goes below, and a
+        # minimum below 0 is a nonzero zero point that FINN cannot map).
+        initial = {"min": 0.0 if self.non_negative else -6.0, "max": 6.0}
+        weights = {
+            f"{key}_var": layer.add_weight(
+                f"{name}_{key}", shape=None, dtype=tf.float32, trainable=False,
+                initializer=keras.initializers.Constant(value), autocast=False,
+            )
+            for key, value in initial.items()
+        }
         weights["act_mode"] = _add_mode_variable(
             layer, f"{name}_{ACT_MODE_VARIABLE}", self.initial_mode
         )
@@ -230,6 +236,10 @@ class SwitchableActivationQuantizer(_Quantizer):
     def __call__(self, inputs, training, weights, **kwargs):
         mode = weights["act_mode"]
         min_var, max_var = weights["min_var"], weights["max_var"]
+        # fake_quant takes float32 only: a half-precision activation is quantized in float32.
+        out_dtype = inputs.dtype
+        if out_dtype != tf.float32:
+            inputs = tf.cast(inputs, tf.float32)
         if training:
             # TFMOT's MovingAvgQuantize range update (asymmetric, per tensor), in every mode;
             # after a ReLU the batch minimum is 0 and needs no reduction.
@@ -258,10 +268,11 @@ class SwitchableActivationQuantizer(_Quantizer):
             ):
                 return tf.identity(inputs)
 
-        return tf.switch_case(
+        out = tf.switch_case(
             tf.clip_by_value(mode, 0, 2),
             branch_fns=[lambda: tf.identity(inputs), quantize, calibrate],
         )
+        return out if out_dtype == tf.float32 else tf.cast(out, out_dtype)
 
     def get_config(self):
         return {"bits": self.bits, "initial_mode": self.initial_mode,
