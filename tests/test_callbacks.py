@@ -462,3 +462,26 @@ def test_default_polishes_the_last_epoch_of_stages_of_two_or_more_epochs():
 def test_bad_schedule_options_raise(kwargs, message):
     with pytest.raises(ValueError, match=message):
         GradualQuantization(**kwargs)
+
+
+def test_default_polishes_the_second_half_of_a_one_epoch_stage(train_data):
+    x, y = train_data  # 256 samples, batches of 64: 4 steps per epoch
+    seen = {}
+
+    class BatchProbe(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            seen.setdefault(self.epoch, []).append(uniq_tf.weight_modes(self.model)["conv1"])
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+    for polish, expected in ((None, [Mode.NOISY] * 2 + [Mode.QUANTIZED] * 2),
+                             (0, [Mode.NOISY] * 4)):
+        seen.clear()
+        model = quantized_model()
+        gq = GradualQuantization([["conv1"], ["conv2", "fc1", "fc2"]], polish_epochs=polish,
+                                 verbose=0)
+        model.fit(x, y, batch_size=BATCH, epochs=2, verbose=0, shuffle=False,
+                  callbacks=[gq, BatchProbe()])
+        assert seen[0] == expected, polish
+        assert seen[1] == [Mode.QUANTIZED] * 4  # conv1's stage is over: hard and frozen

@@ -18,8 +18,9 @@ and at stage s a layer of stage i is
 beyond the paper"): in the last p epochs of each stage its layers are QUANTIZED (hard codebook,
 straight-through gradient) instead of NOISY, so each layer is trained against the weights it
 keeps before it freezes. The default (None) polishes the last epoch of every stage that has two
-or more, which docs/benchmarks.md (section 4) measured as a gain; ``p = 0`` is the paper's
-schedule.
+or more, which docs/benchmarks.md (section 4) measured as a gain, and the second half of the
+batches of a one-epoch stage (from ``on_train_batch_begin``; a mode variable, no retrace);
+``p = 0`` is the paper's schedule.
 
 An activation quantizer belongs to the stage of its ``config.owner`` kernel layer (owner None:
 quantized from stage 0 on). Stage is a pure function of the epoch, applied in every
@@ -110,7 +111,8 @@ class GradualQuantization(keras.callbacks.Callback):
             reference code trains its first stage longer.
         polish_epochs: the last epochs of each stage trained with the hard codebook and a
             straight-through gradient instead of the noise; less than every stage's length.
-            None (default): 1 in stages of two or more epochs, 0 in one-epoch stages.
+            None (default): 1 in stages of two or more epochs, the second half of the
+            batches in one-epoch stages.
             0: the paper (see the module doc).
         final_epochs: epochs after the last stage, everything quantized and frozen, biases and
             batch norm fine-tuned.
@@ -161,6 +163,10 @@ class GradualQuantization(keras.callbacks.Callback):
             else (self.stages if isinstance(self.stages, int) else None)
         )
         self._shown_stage: int | None = None
+        self._epoch = 0
+        self._polish_from_batch: int | None = None
+        # The batch hook reads no logs: spare Keras converting them to numpy every step.
+        self._supports_tf_logs = True
         self._frozen_refs: set = set()
         self._installed_function = None
         self._installed_refs: frozenset | None = None
@@ -287,12 +293,35 @@ class GradualQuantization(keras.callbacks.Callback):
         stage = self.stage_at(epoch)
         polishing = self.polishing_at(epoch)
         self._apply_stage(self.model, stage, polishing)
+        self._epoch = epoch
+        self._polish_from_batch = self._half_epoch_polish_start(epoch)
         shown = (stage, polishing)
         if self.verbose and shown != self._shown_stage:
             print(f"GradualQuantization, epoch {epoch + 1}: {self._describe(stage, polishing)}",
                   flush=True)
         self._shown_stage = shown
         self._rebuild_train_function_if_needed()
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self._polish_from_batch is not None and batch == self._polish_from_batch:
+            self._set_current_stage_mode(Mode.QUANTIZED)
+
+    def _half_epoch_polish_start(self, epoch: int) -> int | None:
+        """The default polish of a one-epoch stage: the batch from which its second half
+        trains hard (None where the epoch is not such a stage, or its length is unknown)."""
+        stage, _, length = self._stage_position(epoch)
+        steps = (self.params or {}).get("steps")
+        if self.polish_epochs is not None or length != 1 or not 0 <= stage < self._n_stages:
+            return None
+        return steps // 2 if steps and steps >= 2 else None
+
+    def _set_current_stage_mode(self, mode: Mode) -> None:
+        stage = self.stage_at(self._epoch)
+        names = set(self._plan[stage])
+        for wrapper in kernel_wrappers(self.model):
+            if wrapper.layer.name in names:
+                for _, _, variables in weight_quantizers(wrapper):
+                    variables["mode"].assign(int(mode))
 
     def on_epoch_end(self, epoch, logs=None):
         stage = self.stage_at(epoch)
