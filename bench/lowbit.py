@@ -14,11 +14,12 @@ near 99 % at 2 bits. This suite is built to resolve differences between methods 
 - **Paired.** One float model per (model, seed); every method starts from it and sees the
   same data order. For each method, the paired difference to UNIQ's default over the seeds,
   with a 95 % t interval (4 degrees of freedom).
-- **Two schedules**, each the whole fine-tune of every fine-tuned method (same epochs, same
+- **Schedules**, each the whole fine-tune of every fine-tuned method (same epochs, same
   optimizer, same rate schedule): ``short`` (Adam, cosine decay to 0, 2 epochs per stage, as
-  bench/accuracy.py) and ``reference`` (the reference code's recipe scaled down: SGD with
+  bench/accuracy.py), ``reference`` (the reference code's recipe scaled down: SGD with
   momentum 0.9 and weight decay, a longer first stage, a constant rate that drops 10x only
-  for the final epochs).
+  for the final epochs) and ``short1`` (``short`` with one-epoch stages, for the default
+  polish of half an epoch; three methods, :data:`SCHEDULE_METHODS`).
 - **Equal tuning.** Each fine-tuned method gets its learning rate from the same three-value
   sweep per schedule (W2A8, seed 0, on a validation fifth held out of seed 0's training
   folds; best validation accuracy, then cross-entropy).
@@ -67,8 +68,9 @@ METHODS = {
     "ptq_kquantile": "post-training k-quantile",
     "ptq_uniform": "post-training uniform",
 }
-# UNIQ variants: (noise model, polish epochs per stage).
-UNIQ_VARIANTS = {"uniq": ("clipped", 1), "uniq_paper": ("paper", 0),
+# UNIQ variants: (noise model, polish_epochs; None = GradualQuantization's default: the last
+# epoch of stages of 2+ epochs, the second half of a one-epoch stage).
+UNIQ_VARIANTS = {"uniq": ("clipped", None), "uniq_paper": ("paper", 0),
                  "uniq_clipped": ("clipped", 0), "uniq_bin": ("bin_matched", 0)}
 REFERENCE_METHOD = "uniq"
 FINE_TUNED = ("uniq", "uniq_paper", "uniq_clipped", "uniq_bin", "kquantile_ste",
@@ -76,7 +78,9 @@ FINE_TUNED = ("uniq", "uniq_paper", "uniq_clipped", "uniq_bin", "kquantile_ste",
 POST_TRAINING = ("ptq_kquantile", "ptq_uniform")
 BITS = ((2, 8), (2, 4), (3, 8), (4, 8))
 # The reference schedule is 1.5x longer; it compares schedules at the two lowest 8-bit pairs.
-SCHEDULE_BITS = {"short": BITS, "reference": ((2, 8), (3, 8))}
+SCHEDULE_BITS = {"short": BITS, "reference": ((2, 8), (3, 8)), "short1": ((2, 8), (3, 8))}
+# One-epoch stages: does the default polish (half an epoch there) still pay off?
+SCHEDULE_METHODS = {"short1": ("uniq", "uniq_clipped", "kquantile_ste")}
 SEEDS = (0, 1, 2, 3, 4)
 FOLDS = 5
 SHIFTS = tuple((dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1))
@@ -99,7 +103,7 @@ class Schedule:
     def epochs(self, stages: int) -> int:
         return self.first_stage_epochs + (stages - 1) * self.epochs_per_stage + self.final_epochs
 
-    def callback(self, polish: int, stages: str | int = "layer") -> GradualQuantization:
+    def callback(self, polish: int | None, stages: str | int = "layer") -> GradualQuantization:
         return GradualQuantization(
             stages, epochs_per_stage=self.epochs_per_stage,
             first_stage_epochs=self.first_stage_epochs, final_epochs=self.final_epochs,
@@ -122,6 +126,7 @@ class Schedule:
 SCHEDULES = {
     "short": Schedule("short", "adam", (1e-4, 3e-4, 1e-3), 2, 2, 2, "cosine"),
     "reference": Schedule("reference", "sgd", (3e-3, 1e-2, 3e-2), 3, 5, 2, "step", 5e-4),
+    "short1": Schedule("short1", "adam", (1e-4, 3e-4, 1e-3), 1, 1, 2, "cosine"),
 }
 QUICK_SCHEDULES = {
     "short": Schedule("short", "adam", (3e-4,), 2, 2, 1, "cosine"),
@@ -718,7 +723,7 @@ def main(argv=None) -> dict:
                   tuple(b for b in map(tuple, config["bits"]) if b in SCHEDULE_BITS.get(s, BITS)),
                   config["float_epochs"], args.quick)
              for m in config["models"] for s in config["schedules"]
-             for method in config["methods"]]
+             for method in config["methods"] if method in SCHEDULE_METHODS.get(s, METHODS)]
     # Float models first (one process per model), so that parts only load them.
     _pool([_part_command(Part(m, "", "", tuple(config["seeds"]), (),
                               config["float_epochs"], args.quick, floats_only=True), parts_dir)
