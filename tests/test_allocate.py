@@ -3,6 +3,7 @@ model equal to uniq_tf.summary, measured sensitivities, clear errors."""
 
 import dataclasses
 import itertools
+import json
 
 import numpy as np
 import pytest
@@ -326,3 +327,24 @@ def test_plot_plan_shows_bits_and_bops_per_layer(setup, tmp_path):
     assert "of a budget of 1e+07" in axes.get_title()
     path = uniq_tf.plot_plan(report, tmp_path / "plan.png")
     assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_training_budgets_and_a_resumed_run_keeps_its_plan(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from examples import train
+    from examples.training import pipeline
+
+    assert pipeline._budget(0, 1e6) is None
+    assert pipeline._budget(0.25, 1e6, unit=1000) == 2.5e5  # a fraction of the float model's
+    assert pipeline._budget(40, 1e6, unit=1000) == 4e4  # 40 kB
+    ws = train.Workspace(str(tmp_path), str(tmp_path), True, "chief")
+    saved = {"plan": {"conv1": [2, 4]}, "report": {"max_bops": 1.0}}
+    Path(ws.state("allocation.json")).parent.mkdir(parents=True)
+    Path(ws.state("allocation.json")).write_text(json.dumps(saved))
+    config = train.TrainConfig(max_weight_kb=40)
+    # A restarted run reads the plan back: no model, no data needed.
+    assert pipeline.allocate(config, ws, None, None) == saved
+    assert pipeline.allocate(train.TrainConfig(), ws, None, None) is None  # no budget
