@@ -18,8 +18,8 @@ near 99 % at 2 bits. This suite is built to resolve differences between methods 
   optimizer, same rate schedule): ``short`` (Adam, cosine decay to 0, 2 epochs per stage, as
   bench/accuracy.py), ``reference`` (the reference code's recipe scaled down: SGD with
   momentum 0.9 and weight decay, a longer first stage, a constant rate that drops 10x only
-  for the final epochs) and ``short1`` (``short`` with one-epoch stages, for the default
-  polish of half an epoch; three methods, :data:`SCHEDULE_METHODS`).
+  for the final epochs) and ``short1`` (``short`` with one-epoch stages, where the default
+  has no polish, against a polish of half an epoch; three methods, :data:`SCHEDULE_METHODS`).
 - **Equal tuning.** Each fine-tuned method gets its learning rate from the same three-value
   sweep per schedule (W2A8, seed 0, on a validation fifth held out of seed 0's training
   folds; best validation accuracy, then cross-entropy).
@@ -62,6 +62,7 @@ METHODS = {
     "uniq_paper": "UNIQ, the paper (noise clip 1e-5, no polish)",
     "uniq_clipped": "UNIQ, clipped noise, no polish",
     "uniq_bin": "UNIQ, bin-matched noise, no polish",
+    "uniq_half": "UNIQ, clipped noise + polish of half an epoch",
     "kquantile_ste": "k-quantile + STE (no noise)",
     "uniform_qat": "uniform QAT (TFMOT quantizers)",
     "cluster_kmeans": "TFMOT clustering, k-means++ init",
@@ -71,16 +72,18 @@ METHODS = {
 # UNIQ variants: (noise model, polish_epochs; None = GradualQuantization's default: the last
 # epoch of stages of 2+ epochs, the second half of a one-epoch stage).
 UNIQ_VARIANTS = {"uniq": ("clipped", None), "uniq_paper": ("paper", 0),
-                 "uniq_clipped": ("clipped", 0), "uniq_bin": ("bin_matched", 0)}
+                 "uniq_clipped": ("clipped", 0), "uniq_bin": ("bin_matched", 0),
+                 "uniq_half": ("clipped", 0.5)}
 REFERENCE_METHOD = "uniq"
-FINE_TUNED = ("uniq", "uniq_paper", "uniq_clipped", "uniq_bin", "kquantile_ste",
+FINE_TUNED = ("uniq", "uniq_paper", "uniq_clipped", "uniq_bin", "uniq_half", "kquantile_ste",
               "uniform_qat", "cluster_kmeans")
 POST_TRAINING = ("ptq_kquantile", "ptq_uniform")
 BITS = ((2, 8), (2, 4), (3, 8), (4, 8))
 # The reference schedule is 1.5x longer; it compares schedules at the two lowest 8-bit pairs.
 SCHEDULE_BITS = {"short": BITS, "reference": ((2, 8), (3, 8)), "short1": ((2, 8), (3, 8))}
-# One-epoch stages: does the default polish (half an epoch there) still pay off?
-SCHEDULE_METHODS = {"short1": ("uniq", "uniq_clipped", "kquantile_ste")}
+# One-epoch stages (where the default has no polish): does half an epoch of polish pay off?
+SCHEDULE_METHODS = {"short1": ("uniq", "uniq_half", "kquantile_ste")}
+MAIN_METHODS = tuple(m for m in METHODS if m != "uniq_half")  # the other schedules' methods
 SEEDS = (0, 1, 2, 3, 4)
 FOLDS = 5
 SHIFTS = tuple((dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1))
@@ -723,7 +726,7 @@ def main(argv=None) -> dict:
                   tuple(b for b in map(tuple, config["bits"]) if b in SCHEDULE_BITS.get(s, BITS)),
                   config["float_epochs"], args.quick)
              for m in config["models"] for s in config["schedules"]
-             for method in config["methods"] if method in SCHEDULE_METHODS.get(s, METHODS)]
+             for method in config["methods"] if method in SCHEDULE_METHODS.get(s, MAIN_METHODS)]
     # Float models first (one process per model), so that parts only load them.
     _pool([_part_command(Part(m, "", "", tuple(config["seeds"]), (),
                               config["float_epochs"], args.quick, floats_only=True), parts_dir)

@@ -405,6 +405,15 @@ def test_unquantized_model_is_rejected():
         GradualQuantization().plan(float_model())
 
 
+def test_fractional_polish_epochs_split_an_epoch():
+    model = uniq_tf.quantize_model(float_model())
+    gq = GradualQuantization("layer", epochs_per_stage=3, polish_epochs=1.5)
+    gq.plan(model)
+    # Each 3-epoch stage: noisy, half noisy then hard from mid-epoch, hard.
+    assert [gq.polishing_at(e) for e in range(3)] == [False, False, True]
+    assert [gq.polish_start(e) for e in range(3)] == [None, 0.5, None]
+
+
 def test_first_stage_length_and_polish_epochs_follow_the_formula():
     model = uniq_tf.quantize_model(float_model())
     gq = GradualQuantization("layer", warmup_epochs=1, epochs_per_stage=3, final_epochs=1,
@@ -457,6 +466,8 @@ def test_default_polishes_the_last_epoch_of_stages_of_two_or_more_epochs():
         ({"epochs_per_stage": 3, "first_stage_epochs": 1, "polish_epochs": 1}, "polish_epochs"),
         ({"first_stage_epochs": 0}, "first_stage_epochs"),
         ({"polish_epochs": -1}, "polish_epochs"),
+        ({"polish_epochs": True}, "polish_epochs"),
+        ({"epochs_per_stage": 2, "polish_epochs": 2.5}, "polish_epochs"),
     ],
 )
 def test_bad_schedule_options_raise(kwargs, message):
@@ -464,7 +475,7 @@ def test_bad_schedule_options_raise(kwargs, message):
         GradualQuantization(**kwargs)
 
 
-def test_default_polishes_the_second_half_of_a_one_epoch_stage(train_data):
+def test_fractional_polish_starts_inside_the_epoch(train_data):
     x, y = train_data  # 256 samples, batches of 64: 4 steps per epoch
     seen = {}
 
@@ -475,8 +486,10 @@ def test_default_polishes_the_second_half_of_a_one_epoch_stage(train_data):
         def on_epoch_begin(self, epoch, logs=None):
             self.epoch = epoch
 
-    for polish, expected in ((None, [Mode.NOISY] * 2 + [Mode.QUANTIZED] * 2),
-                             (0, [Mode.NOISY] * 4)):
+    # Half an epoch: from batch 2 of 4. The default leaves a one-epoch stage noisy.
+    for polish, expected in ((0.5, [Mode.NOISY] * 2 + [Mode.QUANTIZED] * 2),
+                             (0.25, [Mode.NOISY] * 3 + [Mode.QUANTIZED]),
+                             (None, [Mode.NOISY] * 4), (0, [Mode.NOISY] * 4)):
         seen.clear()
         model = quantized_model()
         gq = GradualQuantization([["conv1"], ["conv2", "fc1", "fc2"]], polish_epochs=polish,

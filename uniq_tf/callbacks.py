@@ -17,10 +17,11 @@ and at stage s a layer of stage i is
 ``polish_epochs = p > 0`` is a departure from the paper (docs/method.md, "Schedule options
 beyond the paper"): in the last p epochs of each stage its layers are QUANTIZED (hard codebook,
 straight-through gradient) instead of NOISY, so each layer is trained against the weights it
-keeps before it freezes. The default (None) polishes the last epoch of every stage that has two
-or more, which docs/benchmarks.md (section 4) measured as a gain, and the second half of the
-batches of a one-epoch stage (from ``on_train_batch_begin``; a mode variable, no retrace);
-``p = 0`` is the paper's schedule.
+keeps before it freezes. p may be fractional: the polish then starts inside an epoch, at the
+batch where the last p epochs begin (a mode assignment from ``on_train_batch_begin``, no
+retrace). The default (None) polishes the last epoch of every stage that has two or more,
+which docs/benchmarks.md (section 4) measured as a gain, and nothing in one-epoch stages (half
+an epoch there was not a measured gain); ``p = 0`` is the paper's schedule.
 
 An activation quantizer belongs to the stage of its ``config.owner`` kernel layer (owner None:
 quantized from stage 0 on). Stage is a pure function of the epoch, applied in every
@@ -69,6 +70,12 @@ def _check_count(value, name: str, minimum: int) -> int:
     return int(value)
 
 
+def _check_polish(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0:
+        raise ValueError(f"polish_epochs must be a number >= 0 or None, got {value!r}")
+    return int(value) if float(value).is_integer() else float(value)
+
+
 def _check_stages(stages):
     if isinstance(stages, str):
         if stages != "layer":
@@ -109,10 +116,10 @@ class GradualQuantization(keras.callbacks.Callback):
         epochs_per_stage: epochs spent in each stage (>= 1).
         first_stage_epochs: epochs of the first stage (None: ``epochs_per_stage``); the
             reference code trains its first stage longer.
-        polish_epochs: the last epochs of each stage trained with the hard codebook and a
-            straight-through gradient instead of the noise; less than every stage's length.
-            None (default): 1 in stages of two or more epochs, the second half of the
-            batches in one-epoch stages.
+        polish_epochs: the last epochs of each stage (a number, fractions allowed) trained
+            with the hard codebook and a straight-through gradient instead of the noise; less
+            than every stage's length. None (default): 1 in stages of two or more epochs, 0
+            in one-epoch stages.
             0: the paper (see the module doc).
         final_epochs: epochs after the last stage, everything quantized and frozen, biases and
             batch norm fine-tuned.
@@ -133,7 +140,7 @@ class GradualQuantization(keras.callbacks.Callback):
         verbose: int = 1,
         log_dir: str | os.PathLike | None = None,
         first_stage_epochs: int | None = None,
-        polish_epochs: int | None = None,
+        polish_epochs: float | None = None,
     ):
         super().__init__()
         self.stages = _check_stages(stages)
@@ -143,9 +150,7 @@ class GradualQuantization(keras.callbacks.Callback):
             self.epochs_per_stage if first_stage_epochs is None
             else _check_count(first_stage_epochs, "first_stage_epochs", 1)
         )
-        self.polish_epochs = (
-            None if polish_epochs is None else _check_count(polish_epochs, "polish_epochs", 0)
-        )
+        self.polish_epochs = None if polish_epochs is None else _check_polish(polish_epochs)
         shortest = min(self.epochs_per_stage, self.first_stage_epochs)
         if self.polish_epochs is not None and self.polish_epochs >= shortest:
             raise ValueError(
@@ -257,16 +262,25 @@ class GradualQuantization(keras.callbacks.Callback):
             return self._n_stages, 0, 0
         return stage + 1, self.epochs_per_stage - 1 - offset, self.epochs_per_stage
 
-    def polish_epochs_of(self, length: int) -> int:
+    def polish_epochs_of(self, length: int) -> float:
         """The polished epochs of a stage of ``length`` epochs (None: 1 if length >= 2)."""
         if self.polish_epochs is None:
             return min(1, length - 1)
         return self.polish_epochs
 
     def polishing_at(self, epoch: int) -> bool:
-        """True when ``epoch`` is one of its stage's polished (hard, not noisy) epochs."""
+        """True when all of ``epoch`` is in its stage's polish (hard, not noisy)."""
         stage, left, length = self._stage_position(epoch)
-        return 0 <= stage < self._n_stages and left < self.polish_epochs_of(length)
+        return 0 <= stage < self._n_stages and left + 1 <= self.polish_epochs_of(length)
+
+    def polish_start(self, epoch: int) -> float | None:
+        """The fraction of ``epoch`` after which the polish starts, where it starts inside
+        the epoch (a fractional ``polish_epochs``); None otherwise."""
+        stage, left, length = self._stage_position(epoch)
+        if not 0 <= stage < self._n_stages:
+            return None
+        start = left + 1 - self.polish_epochs_of(length)  # epochs of this one before it
+        return start if 0 < start < 1 else None
 
     # ------------------------------------------------------------------ Keras hooks
 
@@ -294,7 +308,7 @@ class GradualQuantization(keras.callbacks.Callback):
         polishing = self.polishing_at(epoch)
         self._apply_stage(self.model, stage, polishing)
         self._epoch = epoch
-        self._polish_from_batch = self._half_epoch_polish_start(epoch)
+        self._polish_from_batch = self._polish_start_batch(epoch)
         shown = (stage, polishing)
         if self.verbose and shown != self._shown_stage:
             print(f"GradualQuantization, epoch {epoch + 1}: {self._describe(stage, polishing)}",
@@ -306,14 +320,14 @@ class GradualQuantization(keras.callbacks.Callback):
         if self._polish_from_batch is not None and batch == self._polish_from_batch:
             self._set_current_stage_mode(Mode.QUANTIZED)
 
-    def _half_epoch_polish_start(self, epoch: int) -> int | None:
-        """The default polish of a one-epoch stage: the batch from which its second half
-        trains hard (None where the epoch is not such a stage, or its length is unknown)."""
-        stage, _, length = self._stage_position(epoch)
+    def _polish_start_batch(self, epoch: int) -> int | None:
+        """The batch of ``epoch`` from which its stage trains hard (None where the polish
+        does not start inside this epoch, or the epoch's length is unknown)."""
+        start = self.polish_start(epoch)
         steps = (self.params or {}).get("steps")
-        if self.polish_epochs is not None or length != 1 or not 0 <= stage < self._n_stages:
+        if start is None or not steps:
             return None
-        return steps // 2 if steps and steps >= 2 else None
+        return min(int(start * steps), steps - 1)
 
     def _set_current_stage_mode(self, mode: Mode) -> None:
         stage = self.stage_at(self._epoch)
