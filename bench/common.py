@@ -148,6 +148,33 @@ def write_json(path: str, obj) -> str:
     return write_text(path, json.dumps(obj, indent=2, default=atomic.json_default) + "\n")
 
 
+def section_markers(name: str) -> tuple[str, str]:
+    """The comments that delimit a benchmark's section of docs/benchmarks.md."""
+    return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+
+
+def splice_section(page: str, name: str, text: str) -> str:
+    """``page`` with section ``name`` replaced by ``text`` (which carries its markers), or
+    inserted right before ``## Findings`` (at the end if there is none)."""
+    start, end = section_markers(name)
+    if start in page and end in page:
+        head, rest = page.split(start, 1)
+        return head + text.rstrip("\n") + rest.split(end, 1)[1]
+    anchor = "\n## Findings"
+    if anchor in page:
+        head, rest = page.split(anchor, 1)
+        return head.rstrip("\n") + "\n\n" + text + anchor + rest
+    return page.rstrip("\n") + "\n\n" + text
+
+
+def section_of(page: str, name: str) -> str | None:
+    """Section ``name`` of ``page`` with its markers, or None."""
+    start, end = section_markers(name)
+    if start not in page or end not in page:
+        return None
+    return start + page.split(start, 1)[1].split(end, 1)[0] + end + "\n"
+
+
 def si(value: float, unit: str = "") -> str:
     """1.23e9 -> '1.23 G' (engineering prefixes, 3 significant digits)."""
     for factor, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):

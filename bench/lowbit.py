@@ -58,7 +58,7 @@ from uniq_tf._keras import keras, tf  # noqa: E402
 from uniq_tf.callbacks import GradualQuantization  # noqa: E402
 
 METHODS = {
-    "uniq": "UNIQ, project defaults (clipped noise + polish)",
+    "uniq": "UNIQ, project defaults (clipped noise; polish in stages of 2+ epochs)",
     "uniq_paper": "UNIQ, the paper (noise clip 1e-5, no polish)",
     "uniq_clipped": "UNIQ, clipped noise, no polish",
     "uniq_bin": "UNIQ, bin-matched noise, no polish",
@@ -487,6 +487,8 @@ def tables(results: dict) -> str:
                         cell += (f"<br>{e['diff_to_uniq']:+.2f} ± {e['ci_half']:.2f}"
                                  f"{_verdict(e['diff_to_uniq'], e['ci_half'])}")
                     cells.append(cell)
+                if all(cell == "-" for cell in cells):
+                    continue  # not run on this schedule
                 rate = results["rates"].get(f"{model}/{schedule}/{method}")
                 body.append([METHODS[method], "-" if rate is None else f"{rate:g}"] + cells)
             epochs = results["epochs"].get(f"{model}/{schedule}", "?")
@@ -566,8 +568,7 @@ def noise_table(rows: list[dict]) -> str:
                                      "std (σ)", "hard std", "beyond outer level"], body))
 
 
-SECTION_START = "<!-- lowbit:start -->"
-SECTION_END = "<!-- lowbit:end -->"
+SECTION_START, SECTION_END = common.section_markers("lowbit")
 
 
 def section(results: dict, image_dir: str = "img") -> str:
@@ -607,14 +608,7 @@ def section(results: dict, image_dir: str = "img") -> str:
 
 def splice(page: str, text: str) -> str:
     """``page`` with the suite's section replaced (or inserted before the findings)."""
-    if SECTION_START in page and SECTION_END in page:
-        head, rest = page.split(SECTION_START, 1)
-        return head + text.rstrip("\n") + rest.split(SECTION_END, 1)[1]
-    anchor = "## Findings"
-    if anchor in page:
-        head, rest = page.split(anchor, 1)
-        return head + text + "\n" + anchor + rest
-    return page.rstrip("\n") + "\n\n" + text
+    return common.splice_section(page, "lowbit", text)
 
 
 def write_docs(results: dict, output_dir: str, docs_dir: str) -> str:

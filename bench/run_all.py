@@ -174,7 +174,8 @@ def main(argv=None) -> None:
     _copy_plots(output_dir, os.path.join(output_dir, "img"))
     if docs_dir:
         _copy_plots(output_dir, os.path.join(docs_dir, "img"))
-        common.write_text(os.path.join(docs_dir, "benchmarks.md"), text)
+        path = os.path.join(docs_dir, "benchmarks.md")
+        common.write_text(path, _carry_hand_run_sections(path, text))
         print(f"Wrote {os.path.join(docs_dir, 'benchmarks.md')}")
     print(f"Benchmarks ({mode}) done in {run_info['total_seconds'] / 60:.1f} min; "
           f"outputs in {output_dir}")
@@ -193,6 +194,22 @@ def _run(args, mode: str, only: list[str], output_dir: str) -> dict:
     }
     common.write_json(os.path.join(output_dir, "run.json"), run_info)
     return run_info
+
+
+# Sections of benchmarks that run by hand (bench/allocation.py; bench/fpga.py needs FINN's own
+# environment): a full run keeps them as they are in the page it replaces.
+HAND_RUN_SECTIONS = ("allocation", "fpga")
+
+
+def _carry_hand_run_sections(path: str, text: str) -> str:
+    if not os.path.exists(path):
+        return text
+    old = Path(path).read_text(encoding="utf-8")
+    for name in HAND_RUN_SECTIONS:
+        block = common.section_of(old, name)
+        if block is not None:
+            text = common.splice_section(text, name, block)
+    return text
 
 
 def _copy_plots(source: str, target: str) -> None:

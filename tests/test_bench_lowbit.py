@@ -91,3 +91,18 @@ def test_quick_mode_runs_twice_to_identical_numbers(tmp_path):
     text = (tmp_path / "a" / "lowbit.md").read_text()
     assert "paired difference" in text and "| 2 | clipped |" in text
     assert (tmp_path / "a" / "lowbit_tiny_cnn_short.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_full_run_keeps_the_hand_run_sections_of_the_page_it_replaces(tmp_path):
+    from bench import common, run_all
+
+    block = "<!-- fpga:start -->\n## FPGA\nLUT 4,514\n<!-- fpga:end -->\n"
+    old = tmp_path / "benchmarks.md"
+    old.write_text("# Benchmarks\n\n" + block + "\n## Findings\nold\n")
+    new = "# Benchmarks\n\n## 1. Accuracy\nnew\n\n## Findings\nnew findings\n"
+    carried = run_all._carry_hand_run_sections(str(old), new)
+    assert common.section_of(carried, "fpga") == block
+    assert carried.index("## 1. Accuracy") < carried.index("LUT 4,514") < carried.index(
+        "## Findings\nnew findings")
+    assert common.section_of(carried, "allocation") is None
+    assert run_all._carry_hand_run_sections(str(tmp_path / "none.md"), new) == new
