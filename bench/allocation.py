@@ -40,7 +40,8 @@ from uniq_tf import atomic, models  # noqa: E402
 from uniq_tf._keras import keras, tf  # noqa: E402
 from uniq_tf.callbacks import GradualQuantization  # noqa: E402
 
-MODELS = {"small_cnn": models.small_cnn, "tiny_cnn": lowbit.tiny_cnn}
+MODELS = {"small_cnn": models.small_cnn, "tiny_cnn": lowbit.tiny_cnn,
+          "narrow_resnet": lowbit.narrow_resnet}
 BUDGETS = ((2, 8), (3, 8), (4, 4))  # uniform plans whose BOPs are the budgets
 WEIGHT_BITS = (2, 3, 4, 8)
 ACTIVATION_BITS = (4, 8)
