@@ -197,7 +197,8 @@ class SwitchableActivationQuantizer(_Quantizer):
     QUANTIZED fake-quantizes to ``bits``; CALIBRATE passes through and widens min/max to the
     running minimum and maximum of what it sees.
 
-    The variables are the ones TFMOT's MovingAverageQuantizer builds, and the arithmetic is its
+    The variables are built as TFMOT's MovingAverageQuantizer builds them (same names and
+    initial values; float32 without autocast, for mixed precision), and the arithmetic is its
     ``MovingAvgQuantize`` (EMA of the batch range widened to include 0, decay 0.999, then
     ``tf.quantization.fake_quant_with_min_max_vars``; a test holds the two bit-identical). It is
     split so that only the range update runs outside the mode switch and the fake-quant runs
