@@ -52,12 +52,13 @@ if not __package__:  # run as a script: make examples/training importable as in 
 from examples.training.config import (  # noqa: E402
     LR_SCHEDULES,
     OPTIMIZERS,
+    PRECISION_POLICIES,
     PRESETS,
     STRATEGIES,
     TrainConfig,
     validate_config,
 )
-from examples.training.pipeline import OUTPUTS, prepare, run  # noqa: E402
+from examples.training.pipeline import OUTPUTS, precision_policy, prepare, run  # noqa: E402
 from examples.training.resume import (  # noqa: E402
     BestQuantizedModel,
     EpochLog,
@@ -125,6 +126,10 @@ def _define_flags():
                          "activation ranges on (0 = one pass over the training data).")
     flags.DEFINE_integer("seed", d.seed, "Random seed.")
     flags.DEFINE_string("pretrained", d.pretrained, 'Float weights (.h5) or "imagenet".')
+    flags.DEFINE_enum("mixed_precision", d.mixed_precision, list(PRECISION_POLICIES),
+                      "Keras dtype policy for the whole run (codebooks stay float32); empty: "
+                      "float32.")
+    flags.DEFINE_bool("jit_compile", d.jit_compile, "Compile train steps with XLA.")
     flags.DEFINE_enum("strategy", d.strategy, list(STRATEGIES), "tf.distribute strategy: "
                       "default (one device), mirrored (all local devices), multi_worker "
                       "(MultiWorkerMirroredStrategy; reads TF_CONFIG).")
@@ -154,11 +159,12 @@ def main(argv) -> None:
         raise SystemExit(f"Unexpected arguments: {argv[1:]}{USAGE_HINT}")
     values = {f.name: getattr(flags.FLAGS, f.name) for f in dataclasses.fields(TrainConfig)}
     config = TrainConfig(**values)
-    try:
-        prepared = prepare(config)
-    except ValueError as error:  # a bad flag, found before any training
-        raise SystemExit(f"{error}{USAGE_HINT}") from error
-    run(config, prepared)
+    with precision_policy(config):
+        try:
+            prepared = prepare(config)
+        except ValueError as error:  # a bad flag, found before any training
+            raise SystemExit(f"{error}{USAGE_HINT}") from error
+        run(config, prepared)
 
 
 if __name__ == "__main__":

@@ -115,6 +115,17 @@ def test_reference_preset_with_clipped_noise_and_polish(tmp_path, monkeypatch):
         "clipped"}
 
 
+def test_mixed_precision_and_xla_flags_train_end_to_end(tmp_path):
+    summary = train.run(config(tmp_path, float_epochs=2, mixed_precision="mixed_bfloat16",
+                               jit_compile=True, max_steps_per_epoch=4))
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored after the run
+    assert 0.0 <= summary["quantized_accuracy"] <= 1.0
+    with uniq_tf.quantize_scope():
+        loaded = keras.models.load_model(tmp_path / "out" / "quantized_model.h5", compile=False)
+    assert loaded.get_layer("conv1").layer.compute_dtype == "bfloat16"
+    assert {len(np.unique(c.levels)) for c in uniq_tf.get_codebooks(loaded).values()} == {16}
+
+
 @pytest.mark.parametrize(
     "dataset, stages, expected_stages",
     [("cifar10", "layer", 4), ("imagenette", "conv1,conv2;conv3,fc", 2)],
@@ -159,6 +170,7 @@ BAD_FLAGS = [
     ({"stages": "conv1;relu1"}, r"stages name \['relu1'\], which are not quantized kernel"),
     ({"pretrained": "imagenet"}, r'pretrained="imagenet" is available for'),
     ({"noise": "wide"}, r"Unknown noise 'wide'; allowed: \['paper', 'clipped', 'bin_matched'\]"),
+    ({"mixed_precision": "float16"}, r"Unknown mixed_precision 'float16'; allowed: "),
     ({"preset": "fast"}, r"Unknown preset 'fast'; allowed: \['', 'reference'\]"),
     ({"polish_epochs": 1}, r"polish_epochs must be less than every stage's length \(1\)"),
     ({"pretrained": "/no/such/weights.h5"}, r"pretrained weights file .* does not exist"),

@@ -18,6 +18,7 @@ from uniq_tf.quantize import ACTIVATION_BITS_RANGE, WEIGHT_BITS_RANGE
 OPTIMIZERS = ("sgd", "adam")
 LR_SCHEDULES = ("constant", "cosine", "step")
 PRESETS = ("", "reference")
+PRECISION_POLICIES = ("", "mixed_float16", "mixed_bfloat16")
 # The reference code's recipe (docs/method.md section 3), scaled to a fine-tune: SGD with
 # momentum and weight decay, a first stage twice as long, a constant rate that drops 10x only
 # for the final epochs. Its learning rate is the best of bench/lowbit.py's sweep.
@@ -80,6 +81,8 @@ class TrainConfig:
     seed: int = 0
     pretrained: str | None = None
     strategy: str = "default"
+    mixed_precision: str = ""
+    jit_compile: bool = False
     output_dir: str = "outputs/train"
     verbose: int = 1
     max_bops: float = 0.0
@@ -206,6 +209,7 @@ def validate_config(config: TrainConfig) -> None:
     _check_choice(config, "distribution", DISTRIBUTIONS)
     _check_choice(config, "noise", NOISE_MODELS)
     _check_choice(config, "preset", PRESETS)
+    _check_choice(config, "mixed_precision", PRECISION_POLICIES)
     _check_choice(config, "strategy", STRATEGIES)
     _check_int(config, "weight_bits", *WEIGHT_BITS_RANGE)
     _check_int(config, "activation_bits", *ACTIVATION_BITS_RANGE)

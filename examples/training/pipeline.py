@@ -3,6 +3,7 @@ fine-tune and the summary (examples/train.py's module docstring describes the ru
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import os
@@ -103,6 +104,7 @@ def compile_model(
         optimizer,
         keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
+        jit_compile=config.jit_compile,
     )
 
 
@@ -312,13 +314,34 @@ OUTPUTS = ("float_model.h5", "quantized_model.h5", "best_quantized_model.h5", "h
            "summary.json", "bops.txt")
 
 
+@contextlib.contextmanager
+def precision_policy(config: TrainConfig):
+    """Keras's global dtype policy set to ``config.mixed_precision`` (if any) for the block,
+    and restored after it: the models are built, trained and saved under it."""
+    if not config.mixed_precision:
+        yield
+        return
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(config.mixed_precision)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
 def run(config: TrainConfig, prepared: tuple | None = None) -> dict:
     """The whole pipeline (module docstring); returns the summary also written to summary.json.
 
-    ``prepared``: what ``prepare(config)`` returned, if the caller already ran the checks.
-    Running it again after the process was killed resumes the run (same config required).
+    ``prepared``: what ``prepare(config)`` returned, if the caller already ran the checks
+    (inside :func:`precision_policy`, as here). Running it again after the process was killed
+    resumes the run (same config required).
     """
     config = apply_preset(config)
+    with precision_policy(config):
+        return _run(config, prepared)
+
+
+def _run(config: TrainConfig, prepared: tuple | None) -> dict:
     train, test, info, model, planned, strategy = prepared or prepare(config)
     ws = Workspace.for_strategy(config.output_dir, strategy)
     ws.start(config)
