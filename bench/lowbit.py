@@ -87,7 +87,6 @@ MAIN_METHODS = tuple(m for m in METHODS if m != "uniq_half")  # the other schedu
 SEEDS = (0, 1, 2, 3, 4)
 FOLDS = 5
 SHIFTS = tuple((dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1))
-T_975_4DF = 2.7764451051977987  # scipy.stats.t.ppf(0.975, 4)
 
 
 @dataclasses.dataclass(frozen=True)
