@@ -36,7 +36,7 @@ import numpy as np  # noqa: E402
 
 import uniq_tf  # noqa: E402
 from bench import common, lowbit  # noqa: E402
-from uniq_tf import atomic, models  # noqa: E402
+from uniq_tf import models  # noqa: E402
 from uniq_tf._keras import keras, tf  # noqa: E402
 from uniq_tf.callbacks import GradualQuantization  # noqa: E402
 
@@ -54,34 +54,10 @@ SENSITIVITY_BATCHES = 4
 SECTION_START, SECTION_END = common.section_markers("allocation")
 
 
-def _compile(model, optimizer) -> None:
-    model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=["accuracy"])
-
-
-def _evaluate(model, test) -> dict:
-    result = model.evaluate(test, verbose=0, return_dict=True)
-    return {"accuracy": float(result["accuracy"]), "cross_entropy": float(result["loss"])}
-
-
 def float_model(name: str, seed: int, float_dir: str, epochs: int):
-    """The float model of (``name``, ``seed``), trained once on the seed's folds and saved."""
-    path = Path(float_dir, f"{name}_seed{seed}")
-    if not path.with_suffix(".json").exists():
-        common.set_seed(seed)
-        x, y, xt, yt = lowbit.folds(seed)
-        model = MODELS[name]()
-        steps = int(np.ceil(len(x) / 64))
-        _compile(model, keras.optimizers.Adam(
-            keras.optimizers.schedules.CosineDecay(3e-3, steps * epochs)))
-        model.fit(lowbit.train_dataset(x, y, seed), epochs=epochs, verbose=0)
-        metrics = _evaluate(model, lowbit.test_dataset(xt, yt))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic.atomic_path(path.with_suffix(".h5")) as temp:
-            model.save(temp, save_format="h5")
-        common.write_json(str(path.with_suffix(".json")), metrics)
-    model = keras.models.load_model(str(path.with_suffix(".h5")), compile=False)
-    return model, json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
+    """The float model of (``name``, ``seed``), trained once on the seed's folds and saved
+    (the low-bit suite's float training)."""
+    return lowbit.float_model(name, seed, float_dir, epochs, models=MODELS)
 
 
 def allocate(float_, seed: int, max_bops: float):
@@ -102,12 +78,12 @@ def fine_tune(float_, seed: int, uniform: tuple[int, int], plan: dict | None) ->
     uniq_tf.calibrate_activations(model, train, steps=10, verbose=False)
     stages = len(GradualQuantization("layer").plan(model))
     epochs = SCHEDULE.epochs(stages)
-    _compile(model, SCHEDULE.optimizer_for(RATE, int(np.ceil(len(x) / 64)), epochs))
+    lowbit.compile_model(model, SCHEDULE.optimizer_for(RATE, int(np.ceil(len(x) / 64)), epochs))
     model.fit(train, epochs=epochs, verbose=0, callbacks=[SCHEDULE.callback(POLISH, "layer")])
     uniq_tf.set_weight_mode(model, uniq_tf.Mode.QUANTIZED)
     uniq_tf.set_activation_mode(model, uniq_tf.ActMode.QUANTIZED)
     return {"epochs": epochs, "bops": uniq_tf.summary(model).total_bops,
-            **_evaluate(model, lowbit.test_dataset(xt, yt))}
+            **lowbit.evaluate(model, lowbit.test_dataset(xt, yt))}
 
 
 def run_model(name: str, seeds, budgets, float_dir: str, float_epochs: int,

@@ -229,33 +229,38 @@ MODEL_STAGES = {"tiny_cnn": "layer", "narrow_resnet": 3}
 FLOAT_EPOCHS = 30
 
 
-def _compile(model, optimizer) -> None:
+def compile_model(model, optimizer) -> None:
+    """Cross-entropy on logits and accuracy: what every run of the suite compiles."""
     model.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"])
 
 
-def _evaluate(model, test) -> dict:
+def evaluate(model, test) -> dict:
+    """Test accuracy and cross-entropy."""
     result = model.evaluate(test, verbose=0, return_dict=True)
     return {"accuracy": float(result["accuracy"]), "cross_entropy": float(result["loss"])}
 
 
-def train_float(name: str, seed: int, epochs: int, validation: bool = False):
+def train_float(name: str, seed: int, epochs: int, validation: bool = False,
+                models: dict = MODELS):
+    """The float model ``models[name]`` trained on fold ``seed`` (Adam, cosine from 3e-3)."""
     common.set_seed(seed)
     x, y, xt, yt = folds(seed, validation)
     train = train_dataset(x, y, seed)
-    model = MODELS[name]()
+    model = models[name]()
     steps = int(np.ceil(len(x) / 64))
-    _compile(model, keras.optimizers.Adam(
+    compile_model(model, keras.optimizers.Adam(
         keras.optimizers.schedules.CosineDecay(3e-3, steps * epochs)))
     model.fit(train, epochs=epochs, verbose=0)
-    return model, _evaluate(model, test_dataset(xt, yt))
+    return model, evaluate(model, test_dataset(xt, yt))
 
 
-def float_model(name: str, seed: int, float_dir: str, epochs: int, validation: bool = False):
+def float_model(name: str, seed: int, float_dir: str, epochs: int, validation: bool = False,
+                models: dict = MODELS):
     """The float model of (``name``, ``seed``), trained once and saved under ``float_dir``."""
     path = Path(float_dir, f"{name}_seed{seed}{'_val' if validation else ''}")
     if not path.with_suffix(".json").exists():
-        model, metrics = train_float(name, seed, epochs, validation)
+        model, metrics = train_float(name, seed, epochs, validation, models)
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic.atomic_path(path.with_suffix(".h5")) as temp:
             model.save(temp, save_format="h5")
@@ -299,7 +304,7 @@ def fine_tune(method: str, model_name: str, float_, seed: int, bits: tuple[int, 
         epochs = schedule.epochs(len(GradualQuantization(stages).plan(
             uniq_tf.quantize_model(float_, 4, 8))))
         steps = int(np.ceil(len(x) / 64))
-        _compile(model, schedule.optimizer_for(rate, steps, epochs))
+        compile_model(model, schedule.optimizer_for(rate, steps, epochs))
         callbacks = ([schedule.callback(UNIQ_VARIANTS[method][1], stages)]
                      if method in UNIQ_VARIANTS else [])
         model.fit(train, epochs=epochs, verbose=0, callbacks=callbacks)
@@ -307,8 +312,8 @@ def fine_tune(method: str, model_name: str, float_, seed: int, bits: tuple[int, 
         uniq_tf.set_weight_mode(model, uniq_tf.Mode.QUANTIZED)
         uniq_tf.set_activation_mode(model, uniq_tf.ActMode.QUANTIZED)
     if method not in FINE_TUNED:
-        _compile(model, keras.optimizers.Adam())
-    return {"epochs": epochs, **_evaluate(model, test_dataset(xt, yt))}
+        compile_model(model, keras.optimizers.Adam())
+    return {"epochs": epochs, **evaluate(model, test_dataset(xt, yt))}
 
 
 def sweep(method: str, model_name: str, schedule: Schedule, float_dir: str,
