@@ -1,7 +1,7 @@
 """The hardware section (issue 13): FINN's resource estimates for UNIQ's FPGA bundles.
 
 Run by hand, outside CI, in two environments (FINN's ``finn-plus`` lives in its own venv,
-see examples/finn_estimate.py and ../shared/stack-notes.md):
+see examples/finn_estimate.py for its setup):
 
     .venv/bin/python bench/fpga.py export --output_dir=outputs/bench/fpga      # ~1 min / model
     /work/finn-venv/bin/python bench/fpga.py estimate --output_dir=outputs/bench/fpga

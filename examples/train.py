@@ -11,8 +11,8 @@
                 "task": {"type": "worker", "index": 0}}' \\
         .venv/bin/python examples/train.py --strategy=multi_worker   # one per worker
 
-Steps (shared/uniq-method.md section 3): load the data; train the float model (or load
-``--pretrained``); evaluate it; ``uniq_tf.quantize_model``; calibrate the activation ranges on a
+Steps (schedule: uniq_tf/callbacks.py, docs/method.md): load the data; train the float model
+(or load ``--pretrained``); evaluate it; ``uniq_tf.quantize_model``; calibrate the activation ranges on a
 few training batches; fine-tune with ``uniq_tf.callbacks.GradualQuantization`` (warm-up, one
 stage per layer or block, final epochs); evaluate with every quantizer on. With a budget
 (``--max_bops``, ``--max_weight_kb``), ``uniq_tf.allocate_bits`` chooses each layer's bits on

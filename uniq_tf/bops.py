@@ -1,6 +1,6 @@
 """BOPs (bit operations): the UNIQ paper's complexity measure, per layer and per model.
 
-Baskin et al. 2021 (shared/uniq-method.md section 6). An output element that sums ``f``
+Baskin et al. 2021 (docs/bops.md, "How the numbers are counted"). An output element that sums ``f``
 products of b_a-bit activations and b_w-bit weights costs
 
     BOPs = f * (b_a * b_w + b_a + b_w + log2(f))

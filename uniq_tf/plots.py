@@ -1,4 +1,4 @@
-"""Accuracy versus BOPs: the comparison the UNIQ paper proposes (shared/uniq-method.md, 6-7).
+"""Accuracy versus BOPs: the comparison the UNIQ paper proposes (docs/bops.md).
 
 A method is better where it reaches higher accuracy for no more BOPs; the Pareto front (the
 points no other point beats on both axes) is what a user picks from.

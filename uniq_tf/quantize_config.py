@@ -3,7 +3,7 @@
 ``KernelQuantizeConfig`` quantizes a layer's kernel(s) with the k-quantile weight quantizer and,
 when the layer has a fused non-linear activation, its output with the activation quantizer.
 ``ActivationQuantizeConfig`` quantizes the output of an activation layer (ReLU, Activation).
-Biases, batch norm and everything else stay in float (shared/uniq-method.md section 5).
+Biases, batch norm and everything else stay in float (docs/method.md, "What stays float").
 """
 
 from __future__ import annotations

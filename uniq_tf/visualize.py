@@ -1,6 +1,6 @@
 """Weight histograms of quantized kernels with their k-quantile bins and codebook levels.
 
-For a kernel with fitted CDF F and k = 2^b levels (shared/uniq-method.md section 1), the plot
+For a kernel with fitted CDF F and k = 2^b levels (docs/method.md, "Weights"), the plot
 shows the float weights, the bin edges F^-1(i / k), i = 1..k-1 (dashed), and the codebook levels
 F^-1((i + 1/2) / k) (solid). The edges come from :func:`uniq_tf.kquantile.fit` and
 :func:`~uniq_tf.kquantile.inverse`, the levels from :func:`uniq_tf.get_codebooks`: the k-quantile
