@@ -12,10 +12,10 @@
         .venv/bin/python examples/train.py --strategy=multi_worker   # one per worker
 
 Steps (schedule: uniq_tf/callbacks.py, docs/method.md): load the data; train the float model
-(or load ``--pretrained``); evaluate it; ``uniq_tf.quantize_model``; calibrate the activation ranges on a
-few training batches; fine-tune with ``uniq_tf.callbacks.GradualQuantization`` (warm-up, one
-stage per layer or block, final epochs); evaluate with every quantizer on. With a budget
-(``--max_bops``, ``--max_weight_kb``), ``uniq_tf.allocate_bits`` chooses each layer's bits on
+(or load ``--pretrained``); evaluate it; ``uniq_tf.quantize_model``; calibrate the activation
+ranges on a few training batches; fine-tune with ``uniq_tf.callbacks.GradualQuantization``
+(warm-up, one stage per layer or block, final epochs); evaluate with every quantizer on. With a
+budget (``--max_bops``, ``--max_weight_kb``), ``uniq_tf.allocate_bits`` chooses each layer's bits on
 the trained float model before quantizing (summary.json's "allocation"; bops.txt ends with the
 budget line). ``--output_dir``
 receives float_model.h5, quantized_model.h5 (load it inside ``uniq_tf.quantize_scope()``),
