@@ -133,15 +133,7 @@ def resnet20_allocation_seconds(repeats: int = 1) -> dict:
 
 def paired(runs: list[dict]) -> tuple[float, float, int]:
     """(mean of allocated - uniform in points, half-width of its 95 % t interval, seeds)."""
-    by = {(r["seed"], r["method"]): r["accuracy"] for r in runs}
-    seeds = sorted({s for s, m in by if m == "allocated"} & {s for s, m in by if m == "uniform"})
-    d = np.array([100 * (by[s, "allocated"] - by[s, "uniform"]) for s in seeds])
-    if len(d) < 2:
-        return (float(d.mean()) if len(d) else float("nan")), float("nan"), len(d)
-    from scipy.stats import t
-
-    return float(d.mean()), float(t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))), \
-        len(d)
+    return lowbit.paired(runs, "allocated", "uniform")
 
 
 def summary(results: dict) -> list[dict]:
