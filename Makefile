@@ -8,22 +8,22 @@ export TF_USE_LEGACY_KERAS := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
 export CUDA_VISIBLE_DEVICES :=
 
-.PHONY: venv demo test bench bench-quick lint clean
+.PHONY: venv demo test test-fast bench bench-quick lint clean
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt setup.py
+$(STAMP): requirements.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.txt
-	$(BIN)/python -m pip install --quiet --no-deps -e .
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python examples/train.py --output_dir=$(OUT)/train
-	$(BIN)/python examples/export_tflite.py --model=$(OUT)/train/quantized_model.h5 \
+	$(BIN)/uniq-train --output_dir=$(OUT)/train
+	$(BIN)/uniq-export-tflite --model=$(OUT)/train/quantized_model.h5 \
 		--output_dir=$(OUT)/tflite --dataset=digits
-	$(BIN)/python examples/export_fpga.py --model=$(OUT)/train/quantized_model.h5 \
+	$(BIN)/uniq-export-finn --model=$(OUT)/train/quantized_model.h5 \
 		--output_dir=$(OUT)/fpga --overwrite
 	@echo
 	@echo "Demo outputs are in $(OUT)/:"
@@ -34,11 +34,14 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+test-fast: $(STAMP)  # the inner loop: everything but the tests marked slow
+	$(BIN)/python -m pytest -q -m "not slow"
+
 bench: $(STAMP)
-	$(BIN)/python bench/run_all.py
+	$(BIN)/python -m bench.run_all
 
 bench-quick: $(STAMP)
-	$(BIN)/python bench/run_all.py --quick
+	$(BIN)/python -m bench.run_all --quick
 
 lint: $(STAMP)
 	$(BIN)/ruff check uniq_tf tflite_export fpga_export examples tests bench

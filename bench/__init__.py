@@ -1,5 +1,8 @@
 """Benchmarks of uniq_tf against its peers (measurements, not tests).
 
+A folder of the repository, not part of the installed package: run each one from the
+repository root as a module, ``.venv/bin/python -m bench.<name>`` (``make bench`` runs them all).
+
 - ``bench/accuracy.py``: accuracy per bit width and per BOP on the digits data set, UNIQ against
   k-quantile with a straight-through estimator, TFMOT uniform QAT, TFMOT weight clustering and
   post-training quantization, several seeds from the same trained float model.

@@ -9,20 +9,16 @@ strongest peer). Not part of
 ``make bench`` (it is an investigation, ~15 min per model); its table is quoted in
 bench/findings.md.
 
-    .venv/bin/python bench/ablation.py --models=small_cnn --seeds=5 --bits=2:8,3:8,2:4
+    .venv/bin/python -m bench.ablation --models=small_cnn --seeds=5 --bits=2:8,3:8,2:4
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench import accuracy, common  # noqa: E402
+from bench import accuracy, common
 
 VARIANTS = {
     "default": {},

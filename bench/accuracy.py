@@ -16,7 +16,7 @@ bits after each ReLU, ranges calibrated on 10 training batches first) and every 
 method the same number of epochs (UNIQ's schedule length), optimizer and learning rate.
 Models are evaluated with every quantizer on (UNIQ: weights QUANTIZED). Run alone:
 
-    .venv/bin/python bench/accuracy.py --quick --output_dir=outputs/bench
+    .venv/bin/python -m bench.accuracy --quick --output_dir=outputs/bench
 """
 
 from __future__ import annotations
@@ -24,19 +24,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import uniq_tf  # noqa: E402
-from bench import common, peers  # noqa: E402
-from uniq_tf import atomic, bops, data, models  # noqa: E402
-from uniq_tf._keras import keras, tf  # noqa: E402
-from uniq_tf.callbacks import GradualQuantization  # noqa: E402
+import uniq_tf
+from bench import common, peers
+from uniq_tf import atomic, bops, data, models
+from uniq_tf._keras import keras, tf
+from uniq_tf.callbacks import GradualQuantization
 
 METHODS = {
     "uniq": "UNIQ",
@@ -119,7 +115,7 @@ LR_SCHEDULES = ("cosine", "constant", "stage_restarts")
 
 
 def _rate(learning_rate: float, schedule: str, total_steps: int, period_steps: int):
-    """cosine: decay to 0 over the run (examples/train.py); constant; stage_restarts: a cosine
+    """cosine: decay to 0 over the run (uniq-train); constant; stage_restarts: a cosine
     decay restarting every ``period_steps`` (one UNIQ stage), so late stages train at the same
     rates as early ones."""
     if schedule == "cosine":

@@ -13,8 +13,8 @@ difference (allocated - uniform) with its 95 % t interval over the seeds. Also t
 time of ResNet-20 (random initialization, CIFAR-sized random inputs: the time does not depend
 on the weights).
 
-    .venv/bin/python bench/allocation.py --output_dir=outputs/allocation --docs_dir=docs
-    .venv/bin/python bench/allocation.py --quick --output_dir=/tmp/alloc
+    .venv/bin/python -m bench.allocation --output_dir=outputs/allocation --docs_dir=docs
+    .venv/bin/python -m bench.allocation --quick --output_dir=/tmp/alloc
 """
 
 from __future__ import annotations
@@ -28,17 +28,15 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
+
+import uniq_tf
+from bench import common, lowbit
+from uniq_tf import models
+from uniq_tf._keras import keras, tf
+from uniq_tf.callbacks import GradualQuantization
+
 ROOT = Path(__file__).resolve().parents[1]
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(ROOT))
-
-import numpy as np  # noqa: E402
-
-import uniq_tf  # noqa: E402
-from bench import common, lowbit  # noqa: E402
-from uniq_tf import models  # noqa: E402
-from uniq_tf._keras import keras, tf  # noqa: E402
-from uniq_tf.callbacks import GradualQuantization  # noqa: E402
 
 MODELS = {"small_cnn": models.small_cnn, "tiny_cnn": lowbit.tiny_cnn,
           "narrow_resnet": lowbit.narrow_resnet}
@@ -311,7 +309,7 @@ def main(argv=None) -> dict:
         "runs": runs,
         "float_bops": {n: uniq_tf.summary(MODELS[n]()).total_bops for n in names},
         "resnet20": resnet20_allocation_seconds(),
-        "command": " ".join(["bench/allocation.py"] + [
+        "command": " ".join(["python -m bench.allocation"] + [
             a for a in (argv if argv is not None else sys.argv[1:])
             if not a.startswith(("--output_dir", "--docs_dir"))]),
     }

@@ -1,6 +1,6 @@
 """Deployment: file sizes and LiteRT latency of a UNIQ model exported to TFLite.
 
-For each model, a UNIQ model is trained with examples/train.py's ``run`` (the demo's
+For each model, a UNIQ model is trained with uniq-train's ``run`` (the demo's
 pipeline), then exported with ``tflite_export``: float TFLite (codebook weights), full-integer
 int8 TFLite and the packed b-bit format. Reported:
 
@@ -15,7 +15,7 @@ one channel: CIFAR-sized feature maps, trained weights, no download). Sizes only
 ResNet-18 (11.7M parameters), to show how the fixed per-channel overhead of an int8 file
 shrinks relative to the weights as models grow.
 
-    .venv/bin/python bench/deploy.py --quick --output_dir=outputs/bench
+    .venv/bin/python -m bench.deploy --quick --output_dir=outputs/bench
 """
 
 from __future__ import annotations
@@ -23,25 +23,21 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-import tflite_export  # noqa: E402
-import uniq_tf  # noqa: E402
-from bench import common  # noqa: E402
-from examples import train as example  # noqa: E402
-from tflite_export import runtime  # noqa: E402
-from uniq_tf import data, models  # noqa: E402
+import tflite_export
+import uniq_tf
+from bench import common
+from tflite_export import runtime
+from uniq_tf import data, models
+from uniq_tf.cli import train as example
 
 
 @dataclasses.dataclass
 class DeployModel:
-    """A model to train and export: examples/train.py settings."""
+    """A model to train and export: uniq-train settings."""
 
     name: str
     model: str
@@ -80,7 +76,7 @@ class DeployConfig:
 
 
 def train_uniq(spec: DeployModel, config: DeployConfig, folder: str):
-    """(UNIQ model, training inputs as numpy) via examples/train.py's run."""
+    """(UNIQ model, training inputs as numpy) via uniq-train's run."""
     train_config = example.TrainConfig(
         model=spec.model, dataset="digits", image_size=spec.image_size,
         weight_bits=config.weight_bits, activation_bits=config.activation_bits,

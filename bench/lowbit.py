@@ -28,8 +28,8 @@ near 99 % at 2 bits. This suite is built to resolve differences between methods 
 
 Run alone (one process per model, schedule and method, two at a time):
 
-    .venv/bin/python bench/lowbit.py --output_dir=outputs/bench     # full (~1 h, 2 cores)
-    .venv/bin/python bench/lowbit.py --quick --output_dir=/tmp/lb   # quick (~1 min)
+    .venv/bin/python -m bench.lowbit --output_dir=outputs/bench     # full (~1 h, 2 cores)
+    .venv/bin/python -m bench.lowbit --quick --output_dir=/tmp/lb   # quick (~1 min)
 """
 
 from __future__ import annotations
@@ -45,17 +45,15 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
+
+import uniq_tf
+from bench import common, peers
+from uniq_tf import atomic, bops
+from uniq_tf._keras import keras, tf
+from uniq_tf.callbacks import GradualQuantization
+
 ROOT = Path(__file__).resolve().parents[1]
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(ROOT))
-
-import numpy as np  # noqa: E402
-
-import uniq_tf  # noqa: E402
-from bench import common, peers  # noqa: E402
-from uniq_tf import atomic, bops  # noqa: E402
-from uniq_tf._keras import keras, tf  # noqa: E402
-from uniq_tf.callbacks import GradualQuantization  # noqa: E402
 
 METHODS = {
     "uniq": "UNIQ, project defaults (clipped noise; polish in stages of 2+ epochs)",
@@ -734,7 +732,7 @@ def main(argv=None) -> dict:
     _pool([_part_command(p, parts_dir) for p in parts if not _done(p, parts_dir)], args.jobs)
     results = merge(config, parts, parts_dir, args.reference)
     results["seconds"] = round(time.perf_counter() - started, 1)
-    results["command"] = " ".join(["bench/lowbit.py"] + [
+    results["command"] = " ".join(["python -m bench.lowbit"] + [
         a for a in (argv if argv is not None else sys.argv[1:])
         if not a.startswith(("--output_dir", "--docs_dir"))])
     write_outputs(results, output_dir, args.docs_dir)

@@ -171,9 +171,9 @@ def render(results: dict, run_info: dict, image_dir: str = "img") -> str:
         "## Reproducing\n",
         "```\nmake bench          # the full run: writes outputs/bench/ and this page\n"
         "make bench-quick    # the quick run (< 5 min; CI runs it), outputs/bench/ only\n"
-        ".venv/bin/python bench/accuracy.py --models=small_cnn --bits=2:8 --seeds=5 "
+        ".venv/bin/python -m bench.accuracy --models=small_cnn --bits=2:8 --seeds=5 "
         "--per_channel   # one slice\n"
-        ".venv/bin/python bench/lowbit.py --output_dir=outputs/bench --docs_dir=docs"
+        ".venv/bin/python -m bench.lowbit --output_dir=outputs/bench --docs_dir=docs"
         "   # the low-bit suite alone (section 4)\n```\n",
     ]
     return "\n".join(parts)

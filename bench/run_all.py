@@ -1,7 +1,7 @@
 """Runs the benchmarks and writes their results and docs/benchmarks.md.
 
-    .venv/bin/python bench/run_all.py            # make bench: the full run (~1 h, 2 cores)
-    .venv/bin/python bench/run_all.py --quick    # make bench-quick: < 5 min; CI's test runs it
+    .venv/bin/python -m bench.run_all            # make bench: the full run (~1 h, 2 cores)
+    .venv/bin/python -m bench.run_all --quick    # make bench-quick: < 5 min; CI's test runs it
 
 Each benchmark runs in child processes (bench/accuracy.py, bench/lowbit.py (full runs only),
 bench/train_speed.py, bench/deploy.py), so that one's memory and traced graphs do not slow
@@ -27,11 +27,9 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(ROOT))
+from bench import common, report
 
-from bench import common, report  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 BENCHMARKS = ("accuracy", "lowbit", "train_speed", "deploy")
 # The low-bit suite's quick mode has its own test (tests/test_bench_lowbit.py, run twice).
@@ -62,7 +60,7 @@ def _mode(args) -> str:
 
 
 def _command(name: str, mode: str, output_dir: str, *extra: str) -> list[str]:
-    command = [sys.executable, str(ROOT / "bench" / f"{name}.py"), f"--output_dir={output_dir}"]
+    command = [sys.executable, "-m", f"bench.{name}", f"--output_dir={output_dir}"]
     return command + ([] if mode == "full" else [f"--{mode}"]) + list(extra)
 
 
@@ -134,7 +132,7 @@ def _accuracy_in_parts(mode: str, output_dir: str, jobs: int) -> None:
 
 
 def run_benchmark(name: str, mode: str, output_dir: str, jobs: int = 1) -> float:
-    """Runs bench/<name>.py in child processes; returns the wall-clock seconds. The accuracy
+    """Runs bench.<name> in child processes; returns the wall-clock seconds. The accuracy
     run is split over processes (:func:`_accuracy_in_parts`); the timing benchmarks always run
     alone."""
     start = time.perf_counter()

@@ -19,26 +19,22 @@ Variants (the first four are the comparison; the others say where UNIQ's time go
     uniq_quantized    weights QUANTIZED: the hard k-quantile forward of the STE ablation and
                       of frozen stages (--profile)
 
-    .venv/bin/python bench/train_speed.py --quick --output_dir=outputs/bench
+    .venv/bin/python -m bench.train_speed --quick --output_dir=outputs/bench
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import tensorflow_model_optimization as tfmot
 
-import numpy as np  # noqa: E402
-import tensorflow_model_optimization as tfmot  # noqa: E402
-
-import uniq_tf  # noqa: E402
-from bench import common  # noqa: E402
-from uniq_tf import models  # noqa: E402
-from uniq_tf._keras import keras, tf  # noqa: E402
+import uniq_tf
+from bench import common
+from uniq_tf import models
+from uniq_tf._keras import keras, tf
 
 _Q = tfmot.quantization.keras
 VARIANTS = {

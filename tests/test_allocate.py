@@ -241,11 +241,7 @@ def test_tradeoff_plot_draws_the_budget_lines():
 
 
 def test_training_script_trains_a_budget_end_to_end(tmp_path):
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from examples import train
+    from uniq_tf.cli import train
 
     config = train.TrainConfig(
         float_epochs=2, stages=2, epochs_per_stage=1, final_epochs=1, calibration_steps=2,
@@ -273,12 +269,9 @@ def test_training_script_trains_a_budget_end_to_end(tmp_path):
 
 
 def test_bench_pairs_by_seed_and_splices_before_the_findings():
-    import sys
-    from pathlib import Path
 
     from scipy import stats
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from bench import allocation
 
     uniform, allocated = [0.90, 0.92, 0.95], [0.91, 0.95, 0.96]
@@ -330,12 +323,10 @@ def test_plot_plan_shows_bits_and_bops_per_layer(setup, tmp_path):
 
 
 def test_training_budgets_and_a_resumed_run_keeps_its_plan(tmp_path):
-    import sys
     from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from examples import train
-    from examples.training import pipeline
+    from uniq_tf.cli import train
+    from uniq_tf.training import pipeline
 
     assert pipeline._budget(0, 1e6) is None
     assert pipeline._budget(0.25, 1e6, unit=1000) == 2.5e5  # a fraction of the float model's

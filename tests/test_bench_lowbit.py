@@ -10,11 +10,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from bench import lowbit
 
-from bench import lowbit  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_every_digit_is_tested_exactly_once_over_the_five_seeds():
@@ -67,7 +65,7 @@ def test_splice_replaces_the_section_and_keeps_the_rest():
 
 def _quick(output_dir: Path) -> dict:
     subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "lowbit.py"), "--quick",
+        [sys.executable, "-m", "bench.lowbit", "--quick",
          "--methods=uniq,kquantile_ste,ptq_kquantile", f"--output_dir={output_dir}"],
         check=True, cwd=ROOT, timeout=600,
     )

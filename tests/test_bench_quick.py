@@ -12,13 +12,10 @@ import numpy as np
 import pytest
 
 import uniq_tf
+from bench import accuracy, common, peers, train_speed
 from uniq_tf._keras import keras
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from bench import accuracy, common, peers, train_speed  # noqa: E402
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -32,7 +29,7 @@ def test_run_all_quick_writes_well_formed_results(tmp_path):
     docs = ROOT / "docs" / "benchmarks.md"
     before = _digest(docs)
     subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "run_all.py"), "--quick",
+        [sys.executable, "-m", "bench.run_all", "--quick",
          f"--output_dir={tmp_path}"],
         check=True, cwd=ROOT, timeout=840,
     )

@@ -1,5 +1,5 @@
 """UNIQ under tf.distribute: MirroredStrategy on 2 logical CPU devices, MultiWorkerMirroredStrategy
-with 2 worker processes on localhost, and the TF_CONFIG checks of examples/train.py.
+with 2 worker processes on localhost, and the TF_CONFIG checks of uniq-train.
 
 Logical devices must be configured before TensorFlow initializes its devices, which the pytest
 process has long done: the MirroredStrategy experiments run in a child process (this file run as
@@ -18,11 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # examples/ is a folder of scripts, not an installed package
+from uniq_tf.cli import train
+from uniq_tf.training import pipeline
 
-from examples import train  # noqa: E402
-from examples.training import pipeline  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 CHILD_TIMEOUT = 300
 TINY_RUN = ["--float_epochs=1", "--stages=2", "--epochs_per_stage=1", "--final_epochs=1",
@@ -225,7 +224,7 @@ def _calibration(strategy, x) -> dict:
 
 
 def _train_example(strategy, folder) -> dict:
-    """examples/train.py's run() with --strategy=mirrored (2 replicas here)."""
+    """uniq-train's run() with --strategy=mirrored (2 replicas here)."""
     cfg = train.TrainConfig(float_epochs=1, stages=2, epochs_per_stage=1, final_epochs=1,
                             max_steps_per_epoch=3, calibration_steps=2, batch_size=32,
                             strategy="mirrored", output_dir=folder, verbose=0)
@@ -348,7 +347,7 @@ def test_two_workers_train_in_step(tmp_path):
                 {"cluster": cluster, "task": {"type": "worker", "index": index}})}
             log = open(tmp_path / f"worker{index}.log", "w")
             processes.append((subprocess.Popen(
-                [sys.executable, str(ROOT / "examples" / "train.py"), "--strategy=multi_worker",
+                [sys.executable, "-m", "uniq_tf.cli.train", "--strategy=multi_worker",
                  *TINY_RUN, f"--output_dir={out}"],
                 stdout=log, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env), log))
         deadline = time.monotonic() + CHILD_TIMEOUT

@@ -1,4 +1,4 @@
-"""examples/train.py killed with SIGKILL, once in the float phase and once in the middle of a UNIQ
+"""uniq-train killed with SIGKILL, once in the float phase and once in the middle of a UNIQ
 stage, then run again with the same command: it resumes at the epoch and stage where it
 stopped and ends like an uninterrupted run, leaving no partial file.
 
@@ -22,11 +22,9 @@ import pytest
 import uniq_tf
 from uniq_tf import data
 from uniq_tf._keras import keras
+from uniq_tf.cli import train
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # examples/ is a folder of scripts, not an installed package
-
-from examples import train  # noqa: E402
 
 TIMEOUT = 240
 # 3 float epochs; UNIQ: 2 stages of 2 epochs and 1 final epoch, so stages [0, 0, 1, 1, 2].
@@ -99,7 +97,7 @@ def test_restart_after_the_last_epoch_trains_nothing_and_writes_the_same_results
 def test_killed_run_resumes_where_it_stopped(tmp_path, reference):
     out = tmp_path / "out"
     backup = out / "backup"
-    command = [sys.executable, str(ROOT / "examples" / "train.py"),
+    command = [sys.executable, "-m", "uniq_tf.cli.train",
                *(f"--{k}={v}" for k, v in SETTINGS.items()), f"--output_dir={out}"]
 
     # 1. Killed in the float phase, after its first epoch was backed up.

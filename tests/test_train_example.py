@@ -1,4 +1,4 @@
-"""examples/train.py end to end (in-process run()), on digits and on tfds mock data, and its
+"""uniq-train end to end (in-process run()), on digits and on tfds mock data, and its
 checks of bad flags, each of which must fail before any training starts."""
 
 import json
@@ -15,12 +15,10 @@ import tensorflow_datasets as tfds
 import uniq_tf
 from uniq_tf import data
 from uniq_tf._keras import keras
+from uniq_tf.cli import train
+from uniq_tf.training import pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # examples/ is a folder of scripts, not an installed package
-
-from examples import train  # noqa: E402
-from examples.training import pipeline  # noqa: E402
 
 OUTPUT_FILES = {"float_model.h5", "quantized_model.h5", "best_quantized_model.h5",
                 "history.json", "summary.json", "bops.txt"}
@@ -194,7 +192,7 @@ def test_bad_flags_fail_before_training(tmp_path, monkeypatch, overrides, messag
 
 def test_command_line_reports_a_bad_flag_as_usage_error(tmp_path):
     result = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "train.py"), "--stages=9",
+        [sys.executable, "-m", "uniq_tf.cli.train", "--stages=9",
          f"--output_dir={tmp_path / 'out'}"],
         capture_output=True, text=True, timeout=300, cwd=ROOT,
     )

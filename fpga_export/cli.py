@@ -1,6 +1,6 @@
-"""Export a UNIQ model saved by examples/train.py as a FINN-ready bundle (QONNX + configs).
+"""Export a UNIQ model saved by uniq-train as a FINN-ready bundle (QONNX + configs).
 
-    .venv/bin/python examples/export_fpga.py --model=outputs/train/quantized_model.h5 \\
+    uniq-export-finn --model=outputs/train/quantized_model.h5 \\
         --output_dir=outputs/fpga --overwrite
 
 Loads the .h5 inside ``uniq_tf.quantize_scope()`` and writes ``<output_dir>/finn_bundle`` with
@@ -67,7 +67,7 @@ def grid_aware_fine_tune(model, bits: int, epochs: int, learning_rate: float) ->
 
 def load_quantized(path: str):
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"--model {path!r} does not exist; run examples/train.py first.")
+        raise FileNotFoundError(f"--model {path!r} does not exist; run uniq-train first.")
     return saving.load_quantized(path)
 
 
@@ -174,10 +174,10 @@ def main(argv) -> None:
         raise SystemExit(f"{error}{USAGE_HINT}") from error
 
 
-if __name__ == "__main__":
-    from absl import app, flags
+def _define_flags():
+    from absl import flags
 
-    flags.DEFINE_string("model", None, "Quantized model (.h5) written by examples/train.py.")
+    flags.DEFINE_string("model", None, "Quantized model (.h5) written by uniq-train.")
     flags.DEFINE_string("output_dir", "outputs/fpga", "Where the bundle and summary.json go.")
     flags.DEFINE_enum("dataset", "digits", list(DATASETS),
                       "digits: exact 5-bit input quantizer and a parity check on the test split.")
@@ -196,4 +196,15 @@ if __name__ == "__main__":
     flags.DEFINE_string("board", None, "FINN board (default Pynq-Z1).")
     flags.DEFINE_bool("overwrite", False, "Replace an existing bundle.")
     flags.mark_flag_as_required("model")
+
+
+def console() -> None:
+    """The ``uniq-export-finn`` command."""
+    from absl import app
+
+    _define_flags()
     app.run(main)
+
+
+if __name__ == "__main__":
+    console()

@@ -1,5 +1,5 @@
 """The training pipeline: checks and building blocks, float training, the stage-wise UNIQ
-fine-tune and the summary (examples/train.py's module docstring describes the run)."""
+fine-tune and the summary (uniq-train's module docstring describes the run)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,10 @@ import time
 import numpy as np
 
 import uniq_tf
-from examples.training.config import (
+from uniq_tf import atomic, data, models
+from uniq_tf._keras import keras
+from uniq_tf.callbacks import STAGE_LOG_KEY, GradualQuantization
+from uniq_tf.training.config import (
     TrainConfig,
     apply_preset,
     has_budget,
@@ -23,7 +26,7 @@ from examples.training.config import (
     parse_stages,
     validate_config,
 )
-from examples.training.resume import (
+from uniq_tf.training.resume import (
     BestQuantizedModel,
     EpochLog,
     Workspace,
@@ -32,10 +35,7 @@ from examples.training.resume import (
     load_json,
     save_model,
 )
-from examples.training.strategy import make_strategy, shard_by_data
-from uniq_tf import atomic, data, models
-from uniq_tf._keras import keras
-from uniq_tf.callbacks import STAGE_LOG_KEY, GradualQuantization
+from uniq_tf.training.strategy import make_strategy, shard_by_data
 
 
 def load_data(config: TrainConfig):

@@ -1,6 +1,6 @@
-"""Export a UNIQ model saved by examples/train.py: float and int8 TFLite, and the packed format.
+"""Export a UNIQ model saved by uniq-train: float and int8 TFLite, and the packed format.
 
-    .venv/bin/python examples/export_tflite.py --model=outputs/train/quantized_model.h5 \\
+    uniq-export-tflite --model=outputs/train/quantized_model.h5 \\
         --output_dir=outputs/tflite --dataset=digits
 
 Loads the .h5 inside ``uniq_tf.quantize_scope()``, then writes to ``--output_dir``:
@@ -35,7 +35,7 @@ RANDOM_CALIBRATION_SAMPLES = 200
 
 def load_quantized(path: str):
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"--model {path!r} does not exist; run examples/train.py first.")
+        raise FileNotFoundError(f"--model {path!r} does not exist; run uniq-train first.")
     return saving.load_quantized(path)
 
 
@@ -58,7 +58,7 @@ def run(
     model = load_quantized(model_path)
     if not uniq_tf.is_quantized_model(model):
         raise ValueError(f"{model_path!r} holds no UNIQ-quantized layer; export the output of "
-                         "examples/train.py (quantized_model.h5).")
+                         "uniq-train (quantized_model.h5).")
     os.makedirs(output_dir, exist_ok=True)
     if dataset == "digits":
         x_train, _, x_test, y_test = data.load_digits()
@@ -127,10 +127,10 @@ def main(argv) -> None:
         raise SystemExit(f"{error}{USAGE_HINT}") from error
 
 
-if __name__ == "__main__":
-    from absl import app, flags
+def _define_flags():
+    from absl import flags
 
-    flags.DEFINE_string("model", None, "Quantized model (.h5) written by examples/train.py.")
+    flags.DEFINE_string("model", None, "Quantized model (.h5) written by uniq-train.")
     flags.DEFINE_string("output_dir", "outputs/tflite", "Where the exports go.")
     flags.DEFINE_enum("dataset", "digits", list(DATASETS), "Calibration and test data.")
     flags.DEFINE_integer("calibration_samples", CALIBRATION_SAMPLES,
@@ -139,4 +139,15 @@ if __name__ == "__main__":
     flags.DEFINE_enum("ranges", "learned", ["learned", "calibrated"],
                       "int8 activation ranges: the QAT model's learned ones, or calibration.")
     flags.mark_flag_as_required("model")
+
+
+def console() -> None:
+    """The ``uniq-export-tflite`` command."""
+    from absl import app
+
+    _define_flags()
     app.run(main)
+
+
+if __name__ == "__main__":
+    console()

@@ -1,15 +1,15 @@
 """Train a float model, then quantize it with UNIQ's stage-wise schedule, and save both.
 
-    .venv/bin/python examples/train.py                   # small_cnn on digits, W4A8, < 1 min
-    .venv/bin/python examples/train.py --weight_bits=2
-    .venv/bin/python examples/train.py --max_bops=0.03   # per-layer bits within 3 % of float BOPs
-    .venv/bin/python examples/train.py --model=resnet20 --dataset=cifar10 --data_dir=DATA \\
+    uniq-train                   # small_cnn on digits, W4A8, < 1 min
+    uniq-train --weight_bits=2
+    uniq-train --max_bops=0.03   # per-layer bits within 3 % of float BOPs
+    uniq-train --model=resnet20 --dataset=cifar10 --data_dir=DATA \\
         --float_epochs=160 --optimizer=sgd --learning_rate=0.1 --weight_decay=1e-4 \\
         --epochs_per_stage=2 --uniq_learning_rate=0.01 --batch_size=128
-    .venv/bin/python examples/train.py --strategy=mirrored   # every local GPU (or CPU device)
+    uniq-train --strategy=mirrored   # every local GPU (or CPU device)
     TF_CONFIG='{"cluster": {"worker": ["host1:12345", "host2:12345"]},
                 "task": {"type": "worker", "index": 0}}' \\
-        .venv/bin/python examples/train.py --strategy=multi_worker   # one per worker
+        uniq-train --strategy=multi_worker   # one per worker
 
 Steps (schedule: uniq_tf/callbacks.py, docs/method.md): load the data; train the float model
 (or load ``--pretrained``); evaluate it; ``uniq_tf.quantize_model``; calibrate the activation
@@ -37,19 +37,16 @@ at its last backup, and so does the UNIQ phase. The backup folder is deleted whe
 Every file is written to a temporary name and renamed (uniq_tf.atomic): no partial files.
 
 ``run(TrainConfig(...))`` does the same in-process and returns the summary (tests, benchmarks);
-the pieces live in ``examples/training/`` and are importable from here.
+the pieces live in ``uniq_tf/training/`` and are importable from here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
-import sys
 
-if not __package__:  # run as a script: make examples/training importable as in the tests
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from examples.training.config import (  # noqa: E402
+from uniq_tf import data, models
+from uniq_tf.kquantile import DISTRIBUTIONS, NOISE_MODELS
+from uniq_tf.training.config import (
     LR_SCHEDULES,
     OPTIMIZERS,
     PRECISION_POLICIES,
@@ -58,16 +55,14 @@ from examples.training.config import (  # noqa: E402
     TrainConfig,
     validate_config,
 )
-from examples.training.pipeline import OUTPUTS, precision_policy, prepare, run  # noqa: E402
-from examples.training.resume import (  # noqa: E402
+from uniq_tf.training.pipeline import OUTPUTS, precision_policy, prepare, run
+from uniq_tf.training.resume import (
     BestQuantizedModel,
     EpochLog,
     Workspace,
     check_resumable,
 )
-from examples.training.strategy import make_strategy, parse_tf_config  # noqa: E402
-from uniq_tf import data, models  # noqa: E402
-from uniq_tf.kquantile import DISTRIBUTIONS, NOISE_MODELS  # noqa: E402
+from uniq_tf.training.strategy import make_strategy, parse_tf_config
 
 # absl prints the docstring and every flag before an app.UsageError; a bad value gets one line.
 USAGE_HINT = " (pass --helpshort to see the flags)"
@@ -167,8 +162,13 @@ def main(argv) -> None:
         run(config, prepared)
 
 
-if __name__ == "__main__":
+def console() -> None:
+    """The ``uniq-train`` command."""
     from absl import app
 
     _define_flags()
     app.run(main)
+
+
+if __name__ == "__main__":
+    console()

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from uniq_tf._keras import tf
 
 if TYPE_CHECKING:
-    from examples.training.config import TrainConfig
+    from uniq_tf.training.config import TrainConfig
 
 MULTI_WORKER_TASK_TYPES = ("chief", "worker")
 
@@ -102,7 +102,7 @@ def make_strategy(config: TrainConfig) -> tf.distribute.Strategy:
         except RuntimeError as error:  # TensorFlow's runtime already started in this process
             raise RuntimeError(
                 "MultiWorkerMirroredStrategy must be created before TensorFlow runs anything "
-                "in the process: run examples/train.py --strategy=multi_worker as a process "
+                "in the process: run uniq-train --strategy=multi_worker as a process "
                 f"of its own ({error})"
             ) from error
     return tf.distribute.get_strategy()

@@ -1,5 +1,5 @@
 """The settings of a training run (:class:`TrainConfig`), their parsers, and the checks that
-need neither data nor a model (examples/train.py's flags mirror the fields)."""
+need neither data nor a model (uniq-train's flags mirror the fields)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from examples.training.strategy import parse_tf_config
 from uniq_tf import data, models
 from uniq_tf.kquantile import DISTRIBUTIONS, NOISE_MODELS
 from uniq_tf.quantize import ACTIVATION_BITS_RANGE, WEIGHT_BITS_RANGE
+from uniq_tf.training.strategy import parse_tf_config
 
 OPTIMIZERS = ("sgd", "adam")
 LR_SCHEDULES = ("constant", "cosine", "step")
