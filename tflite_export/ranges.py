@@ -23,11 +23,10 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
-from tensorflow.lite.python import schema_py_generated as schema
-from tensorflow.lite.python.convert import mlir_quantize
-from tensorflow.lite.tools import flatbuffer_utils
 
 from tflite_export import runtime
+from tflite_export.errors import ConversionError
+from uniq_tf import internals
 from uniq_tf._keras import tf
 
 
@@ -70,21 +69,36 @@ def _layer_outputs(ops, candidates: set[int]) -> set[int]:
     return {t for t in candidates if not feeds.get(t, set()) & candidates}
 
 
-_UNFUSED_ACTIVATIONS = {
-    getattr(schema.BuiltinOperator, name)
-    for name in ("LOGISTIC", "TANH", "SOFTMAX", "LOG_SOFTMAX", "ELU", "GELU", "HARD_SWISH")
-}
+_UNFUSED_ACTIVATIONS = ("LOGISTIC", "TANH", "SOFTMAX", "LOG_SOFTMAX", "ELU", "GELU", "HARD_SWISH")
+
+
+def _tflite_internals():
+    """TensorFlow's internal TFLite entry points, imported where they are needed so that
+    ``import tflite_export`` and ``ranges="calibrated"`` never depend on them."""
+    try:
+        from tensorflow.lite.python import schema_py_generated as schema
+        from tensorflow.lite.python.convert import mlir_quantize
+        from tensorflow.lite.tools import flatbuffer_utils
+    except ImportError as error:
+        raise ConversionError(
+            "ranges='learned' needs TensorFlow-internal TFLite entry points (tensorflow.lite."
+            f"python.convert.mlir_quantize, tensorflow.lite.tools.flatbuffer_utils) that this "
+            f"TensorFlow does not have ({error}); export with ranges='calibrated' instead."
+        ) from error
+    return schema, mlir_quantize, flatbuffer_utils
 
 
 def _pre_activations(model, candidates: set[int]) -> set[int]:
     """Candidates an unfused activation op (sigmoid, tanh, ...) turns into a tensor outside
     the candidates: the layer's pre-activation, when its activated output is the model output
     (which the converter names "StatefulPartitionedCall:0", not after the layer)."""
+    schema = _tflite_internals()[0]
+    unfused = {getattr(schema.BuiltinOperator, name) for name in _UNFUSED_ACTIVATIONS}
     subgraph = model.subgraphs[0]
     out = set()
     for op in subgraph.operators:
         code = model.operatorCodes[op.opcodeIndex]
-        if max(code.builtinCode, code.deprecatedBuiltinCode) not in _UNFUSED_ACTIVATIONS:
+        if max(code.builtinCode, code.deprecatedBuiltinCode) not in unfused:
             continue
         if not {int(o) for o in op.outputs} & candidates:
             out.update(int(i) for i in op.inputs)
@@ -93,6 +107,7 @@ def _pre_activations(model, candidates: set[int]) -> set[int]:
 
 def override_ranges(calibrated: bytes, learned: dict[str, tuple[float, float, int]]):
     """Writes the learned ranges into a calibrated float model; returns (bytes, [RangeUse])."""
+    flatbuffer_utils = _tflite_internals()[2]
     model = flatbuffer_utils.convert_bytearray_to_object(calibrated)
     subgraph = model.subgraphs[0]
     ops = [(op.inputs, op.outputs) for op in subgraph.operators]
@@ -121,6 +136,7 @@ def quantize_with_learned_ranges(
     converter, learned: dict[str, tuple[float, float, int]], io_type: tf.DType
 ) -> tuple[bytes, list[RangeUse]]:
     """Steps 1-2 of the module docstring for a converter set up for full-integer int8."""
+    mlir_quantize = _tflite_internals()[1]
     converter._experimental_calibrate_only = True
     calibrated = converter.convert()
     edited, uses = override_ranges(calibrated, learned)
@@ -131,7 +147,7 @@ def quantize_with_learned_ranges(
 def ranges_in_file(content: bytes, learned: dict[str, tuple[float, float, int]]) -> list[RangeUse]:
     """The ranges an int8 file uses for the learned-range layers (real values of -128..127)."""
     interpreter = runtime.load(content, inspect=True)
-    ops = [(d["inputs"], d["outputs"]) for d in interpreter._get_ops_details()]
+    ops = [(d["inputs"], d["outputs"]) for d in internals.interpreter_ops(interpreter)]
     details = {d["index"]: d for d in interpreter.get_tensor_details()}
     uses = []
     for layer, (lo, hi, bits) in learned.items():

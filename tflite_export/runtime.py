@@ -12,6 +12,7 @@ import os
 
 import numpy as np
 
+from uniq_tf import internals
 from uniq_tf._keras import tf
 
 try:
@@ -57,7 +58,7 @@ def constant_tensors(interpreter: Interpreter) -> dict[str, dict]:
 
     Constants are the tensors no operator produces and that are not model inputs.
     """
-    produced = {i for op in interpreter._get_ops_details() for i in op["outputs"]}
+    produced = {i for op in internals.interpreter_ops(interpreter) for i in op["outputs"]}
     inputs = {d["index"] for d in interpreter.get_input_details()}
     out = {}
     for detail in interpreter.get_tensor_details():
@@ -83,7 +84,7 @@ def io_quantization(model: ModelSource) -> tuple[tuple[float, int] | None, float
     """
     interpreter = load(model)
     params = {d["index"]: d["quantization"] for d in interpreter.get_tensor_details()}
-    ops = interpreter._get_ops_details()
+    ops = internals.interpreter_ops(interpreter)
     entry = interpreter.get_input_details()[0]["index"]
     exit_ = interpreter.get_output_details()[0]["index"]
     if not params[entry][0]:

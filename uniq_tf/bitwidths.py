@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from uniq_tf import quantize, registry
+from uniq_tf import internals, quantize, registry
 from uniq_tf._keras import keras, tf
 
 L = keras.layers
@@ -36,11 +36,6 @@ _GRID_KEEPING_ACTIVATIONS = ("linear", "relu")
 
 def inner_layer(layer):
     return layer.layer if isinstance(layer, quantize.QuantizeWrapper) else layer
-
-
-def _node_key(layer, node_index: int) -> str:
-    # tf_keras' Functional._network_nodes uses this key format for the nodes a model owns.
-    return f"{layer.name}_ib-{node_index}"
 
 
 class BitResolver:
@@ -75,12 +70,12 @@ class BitResolver:
             if not scope:
                 return self.input_bits
             model, node = scope[-1]
-            position = [t._keras_history.layer for t in model.inputs].index(layer)
+            position = [internals.keras_history(t).layer for t in model.inputs].index(layer)
             outer_layer, ni, ti, _ = list(node.iterate_inbound())[position]
             return self.width(outer_layer, ni, ti, scope[:-1])
         if isinstance(layer, keras.Model):
-            history = tf.nest.flatten(layer.outputs)[tensor_index]._keras_history
-            frame = (layer, layer._inbound_nodes[node_index])
+            history = internals.keras_history(tf.nest.flatten(layer.outputs)[tensor_index])
+            frame = (layer, internals.inbound_nodes(layer)[node_index])
             return self.width(
                 history.layer, history.node_index, history.tensor_index, (*scope, frame)
             )
@@ -89,7 +84,7 @@ class BitResolver:
         if bits is not None:
             return bits
         if config is None and _keeps_bit_width(inner_layer(layer)):
-            return self.input_width(layer._inbound_nodes[node_index], scope)
+            return self.input_width(internals.inbound_nodes(layer)[node_index], scope)
         return FLOAT_BITS
 
 
@@ -107,8 +102,8 @@ def model_nodes(model, scope: tuple = ()):
     """(layer, node, scope) for every layer call in ``model``, forward order, nested models
     entered (their layers listed instead of the model)."""
     for layer in model.layers:
-        for node_index, node in enumerate(layer._inbound_nodes):
-            if _node_key(layer, node_index) not in model._network_nodes:
+        for node_index, node in enumerate(internals.inbound_nodes(layer)):
+            if not internals.is_network_node(model, layer, node_index):
                 continue
             if isinstance(layer, keras.Model):
                 yield from model_nodes(layer, (*scope, (layer, node)))

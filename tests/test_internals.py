@@ -1,0 +1,127 @@
+"""One test per accessor of uniq_tf.internals: the private attributes of TFMOT, tf_keras and
+LiteRT the package reads, checked against the pinned TensorFlow so that an upgrade that moves
+one fails here, by name."""
+
+import pytest
+
+import uniq_tf
+from uniq_tf import internals
+from uniq_tf._keras import keras
+
+L = keras.layers
+
+
+@pytest.fixture(scope="module")
+def shared_model():
+    """conv -> relu -> [dense shared by two branches] -> add -> dense."""
+    inputs = keras.Input((6, 6, 1), name="x")
+    h = L.Conv2D(4, 3, name="conv")(inputs)
+    h = L.ReLU(name="relu")(h)
+    h = L.Flatten(name="flat")(h)
+    shared = L.Dense(8, name="shared")
+    a = shared(h)
+    b = shared(L.Lambda(lambda t: t * 0.5, name="half")(h))
+    out = L.Dense(3, name="fc")(L.Add(name="add")([a, b]))
+    return keras.Model(inputs, out), shared
+
+
+@pytest.fixture(scope="module")
+def quantized():
+    inputs = keras.Input((6, 6, 1))
+    h = L.Conv2D(4, 3, activation="relu", name="conv")(inputs)
+    model = keras.Model(inputs, L.Dense(3, name="fc")(L.Flatten()(h)))
+    return uniq_tf.quantize_model(model, 4, 8)
+
+
+def test_wrapper_weight_vars_pairs_each_kernel_with_its_quantizer(quantized):
+    wrapper = next(w for w in quantized.layers if w.name.endswith("conv"))
+    (weight, quantizer, variables), = internals.wrapper_weight_vars(wrapper)
+    assert weight.name == "conv/kernel:0" and weight.shape == (3, 3, 1, 4)  # the float variable
+    assert isinstance(quantizer, uniq_tf.KQuantileWeightQuantizer)
+    assert "mode" in variables
+
+
+def test_wrapper_output_quantizer_vars_hold_the_activation_range(quantized):
+    conv = next(w for w in quantized.layers if w.name.endswith("conv"))
+    fc = next(w for w in quantized.layers if w.name.endswith("fc"))
+    (quantizer,) = internals.wrapper_output_quantizers(conv)
+    assert isinstance(quantizer, uniq_tf.SwitchableActivationQuantizer)
+    assert {"min_var", "max_var"} <= set(internals.wrapper_output_quantizer_vars(conv))
+    assert internals.wrapper_output_quantizers(fc) == []  # a linear output: not quantized
+
+
+def test_is_graph_network_tells_functional_from_subclassed(shared_model):
+    class Sub(keras.Model):
+        def call(self, x):
+            return x
+
+    assert internals.is_graph_network(shared_model[0])
+    assert not internals.is_graph_network(Sub())
+
+
+def test_keras_history_names_the_producing_call(shared_model):
+    model, shared = shared_model
+    history = internals.keras_history(model.outputs[0])
+    assert history.layer.name == "fc" and history.node_index == 0 and history.tensor_index == 0
+    add_inputs = model.get_layer("add").input
+    assert [internals.keras_history(t).layer for t in add_inputs] == [shared, shared]
+    assert [internals.keras_history(t).node_index for t in add_inputs] == [0, 1]
+
+
+def test_inbound_nodes_has_one_node_per_call(shared_model):
+    model, shared = shared_model
+    assert len(internals.inbound_nodes(shared)) == 2
+    assert len(internals.inbound_nodes(model.get_layer("conv"))) == 1
+
+
+def test_nodes_by_depth_puts_the_output_layer_at_depth_zero(shared_model):
+    model, _ = shared_model
+    depths = internals.nodes_by_depth(model)
+    assert [n.layer.name for n in depths[0]] == ["fc"]
+    assert max(depths) >= 5
+
+
+def test_is_network_node_excludes_calls_from_another_model(shared_model):
+    model, shared = shared_model
+    features = keras.Input((64,))
+    other = keras.Model(features, shared(features))  # a third call, in another model
+    assert internals.is_network_node(model, shared, 0)
+    assert internals.is_network_node(model, shared, 1)
+    assert not internals.is_network_node(model, shared, 2)
+    assert internals.is_network_node(other, shared, 2)
+
+
+def test_interpreter_ops_lists_the_operators(tmp_path):
+    from tflite_export import runtime
+    from uniq_tf._keras import tf
+
+    model = keras.Sequential([keras.Input((4,)), L.Dense(2, activation="relu")])
+    content = tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    ops = internals.interpreter_ops(runtime.load(content, inspect=True))
+    assert [op["op_name"] for op in ops] == ["FULLY_CONNECTED"]
+    assert {"inputs", "outputs"} <= set(ops[0])
+
+
+def test_a_moved_attribute_fails_loudly_with_the_reason():
+    class NotAWrapper:
+        pass
+
+    with pytest.raises(AttributeError, match="has no attribute '_weight_vars'.*internals.py"):
+        internals.wrapper_weight_vars(NotAWrapper())
+
+
+def test_learned_ranges_without_tflite_internals_name_the_calibrated_path(monkeypatch):
+    import builtins
+
+    from tflite_export import ConversionError, ranges
+
+    real_import = builtins.__import__
+
+    def without_tflite_tools(name, *args, **kwargs):
+        if name.startswith("tensorflow.lite.tools"):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", without_tflite_tools)
+    with pytest.raises(ConversionError, match="ranges='calibrated'"):
+        ranges.override_ranges(b"", {"conv": (0.0, 1.0, 8)})

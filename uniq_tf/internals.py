@@ -1,0 +1,110 @@
+"""Every read of a private attribute of TFMOT, tf_keras or LiteRT, in one place.
+
+uniq_tf needs a few things those libraries do not expose publicly: the variables TFMOT's
+``QuantizeWrapperV2`` builds for its quantizers, and the call graph of a Functional model (which
+layer call produced a tensor, the nodes of a model by depth). Each accessor below reads one such
+attribute; nothing else in the package touches them. ``tests/test_internals.py`` checks every
+accessor against the pinned TensorFlow, so an upgrade that moves one fails there, loudly and in
+one place, instead of deep inside an exporter.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from uniq_tf._keras import keras
+
+
+class KerasHistory(NamedTuple):
+    """Where a symbolic tensor of a Functional model came from."""
+
+    layer: Any
+    node_index: int
+    tensor_index: int
+
+
+def _missing(owner: object, attribute: str) -> AttributeError:
+    return AttributeError(
+        f"{type(owner).__module__}.{type(owner).__name__} has no attribute {attribute!r}: the "
+        "installed TensorFlow/tf_keras/TFMOT differs from the versions uniq_tf supports "
+        "(requirements.txt pins the tested pair); see uniq_tf/internals.py."
+    )
+
+
+def _read(owner: object, attribute: str):
+    try:
+        return getattr(owner, attribute)
+    except AttributeError:
+        raise _missing(owner, attribute) from None
+
+
+# --- TFMOT's QuantizeWrapperV2 ---------------------------------------------------------------
+
+
+def wrapper_weight_vars(wrapper) -> list[tuple]:
+    """(weight, quantizer, quantizer variables) per quantized weight of a QuantizeWrapperV2, in
+    the order of its config's ``get_weights_and_quantizers``."""
+    return list(_read(wrapper, "_weight_vars"))
+
+
+def wrapper_output_quantizers(wrapper) -> list:
+    """A QuantizeWrapperV2's output quantizers (TFMOT supports at most one; empty if none)."""
+    return list(getattr(wrapper, "_output_quantizers", None) or [])
+
+
+def wrapper_output_quantizer_vars(wrapper) -> dict:
+    """The variables of a QuantizeWrapperV2's output quantizer (built only when it has one)."""
+    return _read(wrapper, "_output_quantizer_vars")
+
+
+# --- tf_keras Functional models --------------------------------------------------------------
+
+
+def is_graph_network(model) -> bool:
+    """True for a built Functional (or Sequential-as-graph) model, False for a subclassed one."""
+    return bool(getattr(model, "_is_graph_network", False))
+
+
+def keras_history(tensor) -> KerasHistory:
+    """The (layer, node index, tensor index) that produced a symbolic Keras tensor."""
+    layer, node_index, tensor_index = _read(tensor, "_keras_history")
+    return KerasHistory(layer, node_index, tensor_index)
+
+
+def inbound_nodes(layer) -> list:
+    """The calls of ``layer`` (one node per call; more than one for a shared layer)."""
+    return list(_read(layer, "_inbound_nodes"))
+
+
+def nodes_by_depth(model) -> dict[int, list]:
+    """A Functional model's nodes keyed by depth (0 = the output layers' nodes)."""
+    return _read(model, "_nodes_by_depth")
+
+
+def is_network_node(model, layer, node_index: int) -> bool:
+    """True when ``layer``'s call ``node_index`` belongs to ``model``'s graph (a layer shared
+    with another model has calls that do not)."""
+    return f"{layer.name}_ib-{node_index}" in _read(model, "_network_nodes")
+
+
+# --- LiteRT / TFLite interpreter --------------------------------------------------------------
+
+
+def interpreter_ops(interpreter) -> list[dict]:
+    """The operators of a TFLite interpreter (dicts with ``inputs``, ``outputs``, ``op_name``)."""
+    return list(_read(interpreter, "_get_ops_details")())
+
+
+__all__ = [
+    "KerasHistory",
+    "inbound_nodes",
+    "interpreter_ops",
+    "is_graph_network",
+    "is_network_node",
+    "keras",
+    "keras_history",
+    "nodes_by_depth",
+    "wrapper_output_quantizer_vars",
+    "wrapper_output_quantizers",
+    "wrapper_weight_vars",
+]
