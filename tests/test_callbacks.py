@@ -220,17 +220,13 @@ def test_frozen_kernels_are_bit_identical_with_momentum_decay_and_l2(scheduled_r
         assert not np.array_equal(probe.end[last]["bias"][name], probe.begin[last]["bias"][name])
 
 
-def test_mode_changes_do_not_retrace_only_new_frozen_sets_do(scheduled_run):
+def test_stage_changes_do_not_retrace(scheduled_run):
+    """Modes and the frozen flags are variables: the train function is traced in the first
+    epoch only (tf.function may trace twice there, while variables are created)."""
     probe = scheduled_run["probe"]
     traces = [probe.end[e]["traces"] for e in range(EPOCHS)]
-    for epoch in range(1, EPOCHS):
-        frozen_grew = max(STAGES[epoch], 0) != max(STAGES[epoch - 1], 0)
-        if frozen_grew:
-            assert traces[epoch] == traces[epoch - 1] + 1, (epoch, traces)
-        else:
-            assert traces[epoch] == traces[epoch - 1], (epoch, traces)
-    # Warm-up -> stage 0 switched conv1 to NOISY and relu_in/relu1 to QUANTIZED, no retrace.
-    assert STAGES[:2] == [-1, 0] and traces[1] == traces[0]
+    assert traces == [traces[0]] * EPOCHS, traces
+    assert 1 <= traces[0] <= 2
 
 
 def test_mode_switches_take_effect_inside_the_traced_function(train_data):

@@ -31,13 +31,18 @@ right stage. Modes are tf.Variables: changing them does not retrace the train fu
 Freezing. TFMOT's QuantizeWrapperV2 ignores its ``trainable`` flag (its ``trainable_weights``
 always lists the wrapped kernel and bias, and setting it duplicates weights in ``weights``), so
 freezing by ``trainable`` leaves the kernel to the optimizer. Instead, while ``fit`` runs, this
-callback filters the frozen kernels out of ``model.optimizer.apply_gradients``: a frozen kernel
-gets no gradient step, no momentum step, no weight decay and no step from its kernel
-regularizer. Only the quantized kernels freeze; biases and batch norm keep training, and they are
-what the ``final_epochs`` fine-tune. The filter is read when the train function is traced, so it
-is rebuilt (one retrace) when the frozen set grows, that is once per stage change after stage 0.
-The optimizer is still built with every trainable variable, in the model's order, so its
-checkpointed slots match across resumed runs.
+callback wraps ``model.optimizer.apply_gradients``: every quantized kernel reads a scalar bool
+"frozen" tf.Variable of its own; the wrapper reads each kernel and its optimizer slots (momentum,
+Adam's m and v, ...) before the optimizer's update and, after it, assigns those values back
+(``tf.cond`` on the flag) where the kernel is frozen. So a frozen kernel and its slots end each
+step bit-identical to how they began it: no gradient step, no momentum step, no weight decay and
+no step from its kernel regularizer. The flags are variables read inside the traced step, so the
+train function is traced once per ``fit`` and a stage change only assigns them, like the modes
+(docs/scaling.md). Only the quantized kernels freeze; biases and batch norm keep training, and
+they are what the ``final_epochs`` fine-tune. The optimizer is still built with every trainable
+variable, in the model's order, so its checkpointed slots match across resumed runs. The
+restore goes through ``merge_call`` and ``strategy.extended.update``, as the optimizer's own
+update does, so it runs on every replica's copy under tf.distribute.
 """
 
 from __future__ import annotations
@@ -173,8 +178,9 @@ class GradualQuantization(keras.callbacks.Callback):
         # The batch hook reads no logs: spare Keras converting them to numpy every step.
         self._supports_tf_logs = True
         self._frozen_refs: set = set()
+        # kernel ref -> its scalar bool "frozen" variable, read inside the traced step.
+        self._frozen_flags: dict = {}
         self._installed_function = None
-        self._installed_refs: frozenset | None = None
         self._writer = None
 
     # ------------------------------------------------------------------ schedule
@@ -288,6 +294,7 @@ class GradualQuantization(keras.callbacks.Callback):
         self._plan = self.plan(self.model)
         self._shown_stage = None
         self._installed_function = None
+        self._create_frozen_flags(self.model)
         self._install_filter(self.model.optimizer)
         needed = self.total_epochs(self.model)
         planned = (self.params or {}).get("epochs")
@@ -349,6 +356,14 @@ class GradualQuantization(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         _remove_filter(self.model.optimizer)
         self._frozen_refs = set()
+        self._assign_frozen_flags()
+        # The traced function holds the freezing; the next fit traces its own (without this
+        # callback: plain training).
+        if self._installed_function is not None and (
+            self.model.train_function is self._installed_function
+        ):
+            self.model.train_function = None
+        self._installed_function = None
         if self._writer is not None:
             self._writer.close()
             self._writer = None
@@ -374,6 +389,7 @@ class GradualQuantization(keras.callbacks.Callback):
             for _, variables in output_quantizers(wrapper):
                 variables["act_mode"].assign(int(act_mode))
         self._frozen_refs = frozen
+        self._assign_frozen_flags()
 
     def _describe(self, stage: int, polishing: bool = False) -> str:
         """One line saying which layers are quantized+frozen, noisy and float at ``stage``."""
@@ -393,36 +409,121 @@ class GradualQuantization(keras.callbacks.Callback):
 
     # ------------------------------------------------------------------ freezing
 
+    def _create_frozen_flags(self, model) -> None:
+        """One scalar bool variable per quantized kernel (False: trained), created in the
+        model's distribution strategy so that every replica reads its own copy."""
+        with model.distribute_strategy.scope():
+            for wrapper in kernel_wrappers(model):
+                for attr, _, _ in weight_quantizers(wrapper):
+                    kernel = float_kernel(wrapper, attr)
+                    if kernel.ref() not in self._frozen_flags:
+                        self._frozen_flags[kernel.ref()] = tf.Variable(
+                            False, trainable=False, dtype=tf.bool,
+                            name=f"uniq_frozen_{wrapper.layer.name}_{attr}",
+                        )
+
+    def _assign_frozen_flags(self) -> None:
+        """Sets every flag from ``_frozen_refs`` (no retrace: the step reads the flags)."""
+        for ref, flag in self._frozen_flags.items():
+            frozen = ref in self._frozen_refs
+            if bool(flag.numpy()) != frozen:
+                flag.assign(frozen)
+
     def _install_filter(self, optimizer) -> None:
         if optimizer is None:
             raise ValueError("GradualQuantization needs a compiled model (model.optimizer).")
         _remove_filter(optimizer)
         original = optimizer.apply_gradients
-        callback = self
+        flags = self._frozen_flags
 
         def apply_gradients(grads_and_vars, *args, **kwargs):
             pairs = list(grads_and_vars)
-            build = getattr(optimizer, "build", None)
+            # Build with every variable in the caller's order (slot variables are checkpointed
+            # by position), before the slots are looked up below. Legacy optimizers create
+            # their slots in _create_all_weights.
+            build = getattr(optimizer, "build", None) or getattr(
+                optimizer, "_create_all_weights", None)
             if build is not None and pairs:
-                # Build with every variable in the caller's order, as the unfiltered call
-                # would, so slot variables (checkpointed by position) match across runs.
                 with tf.init_scope():
                     build([v for _, v in pairs])
-            kept = [(g, v) for g, v in pairs if v.ref() not in callback._frozen_refs]
-            return original(kept, *args, **kwargs)
+            # Each freezable kernel and its slots, with the kernel's flag, read before the
+            # update (automatic control dependencies keep the order of reads and writes).
+            watched = [
+                (tracked, flags[v.ref()])
+                for _, v in pairs if v.ref() in flags
+                for tracked in (v, *_slots_of(optimizer, v))
+            ]
+            before = [tf.identity(variable) for variable, _ in watched]
+            frozen = [tf.identity(flag) for _, flag in watched]
+            result = original(pairs, *args, **kwargs)
+            if watched:
+                _restore_frozen([v for v, _ in watched], before, frozen)
+            return result
 
         setattr(apply_gradients, _PATCH_MARK, True)
         optimizer.apply_gradients = apply_gradients
 
     def _rebuild_train_function_if_needed(self) -> None:
-        """Retraces the train function when the frozen set changed since it was traced."""
-        refs = frozenset(self._frozen_refs)
-        if self.model.train_function is self._installed_function and (refs == self._installed_refs):
+        """Replaces the train function at the first epoch of a fit when it is not the one
+        made for this fit: an earlier fit may have traced it without this callback's
+        freezing. Stage changes do not retrace."""
+        if self.model.train_function is self._installed_function:
             return
-        # Also at the first epoch of every fit: the model's function may have been traced by an
-        # earlier fit with another frozen set. An untraced function costs nothing to replace.
+        # An untraced function costs nothing to replace.
         self._installed_function = self.model.make_train_function(force=True)
-        self._installed_refs = refs
+
+
+def _slots_of(optimizer, variable) -> list:
+    """The optimizer variables that belong to ``variable`` (SGD's momentum, Adam's m and v,
+    ...): for tf_keras optimizers, the entries at ``variable``'s index of the optimizer's lists
+    of per-variable slots; for legacy optimizers, ``get_slot``."""
+    inner = getattr(optimizer, "inner_optimizer", optimizer)  # LossScaleOptimizer
+    index_of = getattr(inner, "_index_dict", None)
+    if index_of is not None and hasattr(inner, "_var_key"):
+        index = index_of.get(inner._var_key(variable))
+        if index is None:
+            return []
+        slots, seen = [], {variable.ref()}
+        for name, value in sorted(vars(inner).items()):
+            if name in ("_variables", "_trainable_variables") or not isinstance(
+                value, (list, tuple)
+            ):
+                continue
+            if len(value) != len(index_of) or not all(isinstance(s, tf.Variable) for s in value):
+                continue
+            slot = value[index]
+            if slot.shape == variable.shape and slot.ref() not in seen:
+                seen.add(slot.ref())
+                slots.append(slot)
+        return slots
+    if hasattr(inner, "get_slot_names"):  # tf_keras.optimizers.legacy
+        slots = []
+        for name in inner.get_slot_names():
+            try:
+                slots.append(inner.get_slot(variable, name))
+            except KeyError:
+                pass
+        return slots
+    return []
+
+
+def _restore_frozen(variables, before, frozen) -> None:
+    """Assigns ``before`` back to each variable whose flag in ``frozen`` is set, on every
+    replica (called in replica context, as apply_gradients is)."""
+
+    def restore(variable, value, is_frozen):
+        def assign():
+            variable.assign(value, read_value=False)
+
+        return tf.cond(is_frozen, assign, lambda: None)
+
+    def merge(strategy, before, frozen):
+        for variable, value, is_frozen in zip(variables, before, frozen, strict=True):
+            strategy.extended.update(variable, restore, args=(value, is_frozen), group=False)
+
+    tf.__internal__.distribute.interim.maybe_merge_call(
+        merge, tf.distribute.get_strategy(), before, frozen
+    )
 
 
 def _write_scalar(tag: str, value: float, step: int) -> None:
