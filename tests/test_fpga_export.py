@@ -422,14 +422,15 @@ def test_dynamic_input_needs_input_shape(tmp_path):
 
 def test_unsupported_layers_are_listed_at_once(tmp_path):
     inp = keras.Input((8, 8, 1))
-    h = L.SeparableConv2D(4, 3, name="sep")(inp)
+    h = L.Conv2DTranspose(4, 3, name="up")(inp)
     h = L.LeakyReLU(name="leaky")(h)
     h = L.Conv2D(4, 3, activation="tanh", name="tanh_conv")(h)
     h = L.Flatten()(h)
-    model = uniq_tf.quantize_model(keras.Model(inp, L.Dense(3)(h)), 4, 8)
+    with pytest.warns(UserWarning, match=r"in float .*up \(Conv2DTranspose\)"):
+        model = uniq_tf.quantize_model(keras.Model(inp, L.Dense(3)(h)), 4, 8)
     with pytest.raises(ValueError) as error:
         fpga_export.export_finn(model, tmp_path / "b")
-    for name in ("sep (SeparableConv2D)", "leaky (LeakyReLU)", "tanh_conv (Conv2D with"):
+    for name in ("up (Conv2DTranspose)", "leaky (LeakyReLU)", "tanh_conv (Conv2D with"):
         assert name in str(error.value)
     assert "3 layers" in str(error.value)
 

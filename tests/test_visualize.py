@@ -15,7 +15,7 @@ from uniq_tf.visualize import (
     plot_weight_histograms,
 )
 
-KEYS = ["conv", "sep/depthwise_kernel", "sep/pointwise_kernel", "fc"]
+KEYS = ["conv", "sep_depthwise", "sep", "fc"]  # SeparableConv2D: split in two layers
 
 
 def small_model(**quantize_kwargs):
@@ -90,7 +90,7 @@ def test_plotted_levels_and_edges_are_the_codebooks(per_channel, distribution):
 
 def test_layer_selection_and_errors(tmp_path):
     model = small_model()
-    assert list(kernel_histograms(model, ["sep"])) == KEYS[1:3]
+    assert list(kernel_histograms(model, ["sep_depthwise", "sep"])) == KEYS[1:3]
     assert list(kernel_histograms(model, "fc")) == ["fc"]
     with pytest.raises(ValueError, match=r"\['nope'\].*quantized kernels"):
         plot_weight_histograms(model, tmp_path, layers=["nope"])

@@ -92,8 +92,9 @@ def find_kernel(
 ) -> str | None:
     """The constant tensor holding ``codebook``'s kernel: named after its layer, right shape.
 
-    A SeparableConv2D's two kernels share the layer name; the depthwise one is named
-    ".../depthwise".
+    A wrapped SeparableConv2D's two kernels share the layer name; the depthwise one is named
+    ".../depthwise". (``quantize_model`` now splits SeparableConv2D into two layers; a wrapped
+    one comes from a quantized model saved before, loaded from .h5.)
     """
     found = [
         name for name, d in constants.items()

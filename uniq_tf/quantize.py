@@ -159,7 +159,7 @@ def _check_override_target(layer, pair) -> None:
         return
     raise ValueError(
         f"layer_bits names {layer.name!r} ({kind}), which UNIQ does not quantize; it applies to "
-        f"kernel layers ({', '.join(t.__name__ for t in registry.KERNEL_CHANNEL_AXES)}) and to "
+        f"kernel layers ({', '.join(t.__name__ for t in registry.kernel_layer_types())}) and to "
         "ReLU/Activation layers (activation bits only)."
     )
 
@@ -210,6 +210,11 @@ def quantize_model(
     Kernels of Conv1D, Conv2D, DepthwiseConv2D, SeparableConv2D and Dense layers get the
     k-quantile quantizer (2^weight_bits levels); the outputs of activations (ReLU, Activation,
     fused activations) get TFMOT's uniform moving-average quantizer at ``activation_bits``.
+    A quantized SeparableConv2D ``N`` becomes, as in TFMOT, a DepthwiseConv2D ``N_depthwise``
+    followed by a 1x1 Conv2D ``N`` (same function; see :mod:`uniq_tf.scheme`): its codebooks,
+    modes and stages are those two layers'. ``layer_bits`` and ``skip_layers`` name the
+    layers of ``model``: ``layer_bits[N]`` sets both halves (the activation bits, the
+    pointwise half's), and a skipped SeparableConv2D stays whole, in float.
     Every weight quantizer starts in NOISY mode: without a schedule callback, all layers are
     trained with noise at once and evaluate with their codebooks (the paper's spirit).
     ``uniq_tf.callbacks.GradualQuantization`` drives the stage-wise schedule.
@@ -258,13 +263,13 @@ def quantize_model(
             )
         raise ValueError(
             f"Model {model.name!r} has no layer UNIQ can quantize (supported: "
-            f"{', '.join(t.__name__ for t in registry.KERNEL_CHANNEL_AXES)}), after skip_layers."
+            f"{', '.join(t.__name__ for t in registry.kernel_layer_types())}), after skip_layers."
         )
-    scheme = UniqQuantizeScheme(plan)
     with quantize_scope():
         copy = _copy_with_weights(model)
-        copy, _ = scheme.get_layout_transformer().apply(copy, {})
-        return _apply(copy, scheme.get_quantize_registry())
+        # The layout splits quantized SeparableConv2D layers, and their plan entries with them.
+        copy, plan = UniqQuantizeScheme(plan).get_layout_transformer().apply(copy, plan)
+        return _apply(copy, UniqQuantizeScheme(plan).get_quantize_registry())
 
 
 def quantize_scope(*args):
@@ -371,7 +376,8 @@ def _codebook_key(wrapper, attr) -> str:
 
 
 def get_codebooks(model) -> dict[str, Codebook]:
-    """Per quantized kernel (key: layer name, or "layer/attribute" for SeparableConv2D)."""
+    """Per quantized kernel (key: layer name, or "layer/attribute" for a layer with two
+    quantized kernels: a wrapped SeparableConv2D of a model saved before uniq_tf split them)."""
     model = require_keras2_model(model)
     check_finite_weights(model)
     out = {}
