@@ -4,9 +4,7 @@ A small CNN (conv-BN-ReLU x2, pool, dense) is trained on the 8x8 digits, quantiz
 calibrated and fine-tuned once per module; the exports of it are shared by the tests.
 """
 
-import importlib.util
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -415,10 +413,8 @@ def test_representative_data_forms(trained, digits):
 
 @pytest.mark.filterwarnings("ignore:You are saving your model as an HDF5 file")
 def test_example_exports_a_saved_model(trained, digits, tmp_path):
-    path = Path(__file__).parents[1] / "examples" / "export_tflite.py"
-    spec = importlib.util.spec_from_file_location("export_tflite_example", path)
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
+    from tflite_export import cli as example
+
     trained["model"].save(tmp_path / "quantized_model.h5", save_format="h5")
     summary = example.run(str(tmp_path / "quantized_model.h5"), str(tmp_path / "out"),
                           verbose=False)
@@ -431,5 +427,5 @@ def test_example_exports_a_saved_model(trained, digits, tmp_path):
     assert accuracy["tflite_float"] == pytest.approx(accuracy["keras_stripped"])
     assert abs(accuracy["tflite_int8"] - accuracy["keras_quantized"]) <= 0.005
     assert summary["packed_index_ratio"] == pytest.approx(BITS / 32, rel=0.05)
-    with pytest.raises(FileNotFoundError, match="run examples/train.py first"):
+    with pytest.raises(FileNotFoundError, match="run uniq-train first"):
         example.run(str(tmp_path / "missing.h5"), str(tmp_path / "out"))
