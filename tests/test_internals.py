@@ -125,3 +125,10 @@ def test_learned_ranges_without_tflite_internals_name_the_calibrated_path(monkey
     monkeypatch.setattr(builtins, "__import__", without_tflite_tools)
     with pytest.raises(ConversionError, match="ranges='calibrated'"):
         ranges.override_ranges(b"", {"conv": (0.0, 1.0, 8)})
+
+
+def test_quantize_annotate_type_is_what_tfmot_annotates_with():
+    import tensorflow_model_optimization as tfmot
+
+    annotated = tfmot.quantization.keras.quantize_annotate_layer(L.Dense(2))
+    assert type(annotated) is internals.quantize_annotate_type()

@@ -1,8 +1,12 @@
 """The Keras 2 guard: TFMOT 0.8 works only with tf_keras (Keras 2).
 
-Importing this module sets ``TF_USE_LEGACY_KERAS=1`` before TensorFlow loads, so that
-``tf.keras`` and TFMOT both resolve to tf_keras, and offers :func:`require_keras2_model`
-for the public API to reject Keras 3 objects with a message a user can act on.
+Importing this module sets ``TF_USE_LEGACY_KERAS=1`` before TensorFlow loads, when the
+variable is unset, so that ``tf.keras`` and TFMOT both resolve to tf_keras; a value the user
+set is kept (TFMOT overwrites it while it is imported; it is put back afterwards), and so is
+``TF_CPP_MIN_LOG_LEVEL`` (default 2 here). uniq_tf itself always works with tf_keras
+(``uniq_tf.keras``), whatever ``tf.keras`` is. :func:`require_keras2_model` rejects Keras 3
+objects at the public API with a message a user can act on, and importing uniq_tf after
+Keras 3 became ``tf.keras`` warns once.
 """
 
 from __future__ import annotations
@@ -11,11 +15,16 @@ import os
 import sys
 import warnings
 
-os.environ["TF_USE_LEGACY_KERAS"] = "1"
+_USER_LEGACY_KERAS = os.environ.get("TF_USE_LEGACY_KERAS")
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
+import tensorflow_model_optimization  # noqa: E402, F401  (sets TF_USE_LEGACY_KERAS=1 itself)
 import tf_keras as keras  # noqa: E402
+
+if _USER_LEGACY_KERAS is not None:
+    os.environ["TF_USE_LEGACY_KERAS"] = _USER_LEGACY_KERAS
 
 _KERAS3_ADVICE = (
     "uniq_tf needs Keras 2 models (the tf_keras package), because TFMOT 0.8 does not work "

@@ -47,6 +47,16 @@ def wrapper_weight_vars(wrapper) -> list[tuple]:
     return list(_read(wrapper, "_weight_vars"))
 
 
+def quantize_annotate_type() -> type:
+    """TFMOT's ``QuantizeAnnotate`` wrapper class (public only through the functions that
+    create it)."""
+    from tensorflow_model_optimization.python.core.quantization.keras.quantize_annotate import (
+        QuantizeAnnotate,
+    )
+
+    return QuantizeAnnotate
+
+
 def wrapper_output_quantizers(wrapper) -> list:
     """A QuantizeWrapperV2's output quantizers (TFMOT supports at most one; empty if none)."""
     return list(getattr(wrapper, "_output_quantizers", None) or [])
@@ -104,6 +114,7 @@ __all__ = [
     "keras",
     "keras_history",
     "nodes_by_depth",
+    "quantize_annotate_type",
     "wrapper_output_quantizer_vars",
     "wrapper_output_quantizers",
     "wrapper_weight_vars",

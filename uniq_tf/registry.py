@@ -1,4 +1,4 @@
-"""Layer type -> how UNIQ quantizes it. Swap this module's table to cover more layer types.
+"""Layer type -> how UNIQ quantizes it; :func:`register_layer` adds a layer type of your own.
 
 Kernel layers: Conv1D, Conv2D, DepthwiseConv2D, SeparableConv2D, Dense. Their kernels get the
 k-quantile quantizer; ``KERNEL_CHANNEL_AXES`` names the kernel axes that index output channels
@@ -9,6 +9,9 @@ float by design. Any other layer holding weights is left in float and named in a
 """
 
 from __future__ import annotations
+
+import numbers
+from collections.abc import Mapping, Sequence
 
 from uniq_tf._keras import keras
 
@@ -26,8 +29,82 @@ UNSUPPORTED_KERNEL_TYPES = (L.Conv2DTranspose, L.Conv3D, L.Conv1DTranspose, L.Se
 _NOT_QUANTIZED_ACTIVATIONS = ("linear", "softmax", None)
 
 
+# Layer types registered by users (register_layer): looked up before the built-in table.
+_REGISTERED: dict[type, tuple[dict[str, tuple[int, ...]], bool | None]] = {}
+
+
+def register_layer(
+    layer_type: type,
+    kernel_attributes: Mapping[str, int | Sequence[int]],
+    quantize_output: bool | None = None,
+) -> None:
+    """Lets UNIQ quantize a layer type of your own (or change how a built-in one is quantized).
+
+    The layer must read each named weight from ``self.<attribute>`` in ``call`` (TFMOT's wrapper
+    sets the attribute to the quantized weight before each call), as Keras' own layers do.
+    Registration applies to models quantized afterwards; loading a saved model with the type
+    needs it in ``uniq_tf.quantize_scope({"MyLayer": MyLayer})``. The exporters (TFLite,
+    FINN) know the built-in layer types only.
+
+    Args:
+        layer_type: a tf_keras ``Layer`` subclass.
+        kernel_attributes: weight attribute -> the axes of that weight that index output
+            channels (for per-channel codebooks), e.g. ``{"kernel": -1}``.
+        quantize_output: quantize the layer's output activation; None: when its ``activation``
+            is a non-linear function other than softmax (as for Dense and Conv2D).
+
+    Raises:
+        TypeError: ``layer_type`` is not a tf_keras Layer subclass.
+        ValueError: ``kernel_attributes`` is empty or an axis is not an integer.
+    """
+    if not (isinstance(layer_type, type) and issubclass(layer_type, L.Layer)) or issubclass(
+            layer_type, keras.Model):
+        raise TypeError(
+            f"register_layer takes a tf_keras Layer subclass (built with uniq_tf.keras), got "
+            f"{layer_type!r}."
+        )
+    if not isinstance(kernel_attributes, Mapping) or not kernel_attributes:
+        raise ValueError(
+            f"kernel_attributes of {layer_type.__name__} must map at least one weight attribute "
+            f"to its output-channel axes, e.g. {{'kernel': -1}}; got {kernel_attributes!r}."
+        )
+    checked = {}
+    for attr, axes in kernel_attributes.items():
+        axes = (axes,) if isinstance(axes, numbers.Integral) else tuple(axes)
+        if not isinstance(attr, str) or not axes or not all(
+                isinstance(a, numbers.Integral) and not isinstance(a, bool) for a in axes):
+            raise ValueError(
+                f"kernel_attributes[{attr!r}] of {layer_type.__name__} must be an axis or a "
+                f"tuple of axes (integers), got {kernel_attributes[attr]!r}."
+            )
+        checked[attr] = tuple(int(a) for a in axes)
+    if quantize_output is not None and not isinstance(quantize_output, bool):
+        raise ValueError(f"quantize_output must be True, False or None, got {quantize_output!r}")
+    _REGISTERED[layer_type] = (checked, quantize_output)
+
+
+def unregister_layer(layer_type: type) -> None:
+    """Undoes :func:`register_layer` for ``layer_type`` (a KeyError if it was not registered)."""
+    del _REGISTERED[layer_type]
+
+
+def kernel_layer_types() -> list[type]:
+    """The kernel layer types UNIQ quantizes: registered ones first, then the built-in ones."""
+    return [*_REGISTERED, *KERNEL_CHANNEL_AXES]
+
+
+def _registered(layer):
+    for layer_type in type(layer).__mro__:
+        if layer_type in _REGISTERED:
+            return _REGISTERED[layer_type]
+    return None
+
+
 def kernel_attributes(layer) -> dict[str, tuple[int, ...]] | None:
     """The quantizable kernel attributes of ``layer`` and their channel axes, or None."""
+    registered = _registered(layer)
+    if registered is not None:
+        return registered[0]
     if isinstance(layer, UNSUPPORTED_KERNEL_TYPES):
         return None
     for layer_type, attrs in KERNEL_CHANNEL_AXES.items():
@@ -47,6 +124,9 @@ def has_quantized_output(layer) -> bool:
     """True where the layer's output is an activation we quantize."""
     if isinstance(layer, L.ReLU):
         return True
+    registered = _registered(layer)
+    if registered is not None and registered[1] is not None:
+        return registered[1]
     if isinstance(layer, L.Activation) or kernel_attributes(layer) is not None:
         return activation_name(layer) not in _NOT_QUANTIZED_ACTIVATIONS
     return False
