@@ -1,0 +1,197 @@
+"""Cost of GradualQuantization's stage changes (issue 15): wall time of stage-change epochs
+against the other epochs, train-function traces, and resident memory over a run of every stage.
+
+A UNIQ model (W4A8) is trained with ``stages="layer"`` (one kernel layer per stage) on random
+data, ``--steps_per_epoch`` steps per epoch and ``--epochs_per_stage`` epochs per stage, with SGD
+(momentum 0.9, weight decay 5e-4) as in the reference schedule. Each epoch's wall time is taken
+from ``on_epoch_begin`` to ``on_epoch_end`` (so it includes the stage switch and any retrace
+done in its first step), and the process's resident memory (VmRSS) at its end. An epoch is a
+"stage change" when its stage differs from the previous epoch's (the first epoch, which traces
+the train function in any case, is reported apart).
+
+    .venv/bin/python -m bench.stage_change --quick
+    .venv/bin/python -m bench.stage_change --model=resnet18 --input_size=32 --output=out.json
+
+Reported as ratios: median stage-change epoch / median other epoch, RSS after the last stage
+/ RSS after the first; with ``--overhead_steps``, the per-step cost of the freezing itself
+(every kernel frozen, against no callback). With ``--epochs_per_stage=1`` every epoch after
+the first changes stage, so the "other" epochs come from the final (all quantized) epochs:
+pass --final_epochs >= 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import uniq_tf
+from uniq_tf import models
+from uniq_tf._keras import keras, tf
+from uniq_tf.callbacks import GradualQuantization
+
+
+def rss_mib() -> float:
+    """The process's resident set size (VmRSS) in MiB."""
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+class EpochRecorder(keras.callbacks.Callback):
+    """Per epoch: wall time, stage, train-step traces so far and RSS at its end."""
+
+    def __init__(self, schedule, traces, verbose=True):
+        super().__init__()
+        self.schedule, self.traces, self.verbose = schedule, traces, verbose
+        self.rows = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        seconds = time.perf_counter() - self.start
+        stage = self.schedule.stage_at(epoch)
+        change = epoch == 0 or stage != self.schedule.stage_at(epoch - 1)
+        row = {"epoch": epoch, "stage": stage, "stage_change": change, "seconds": seconds,
+               "traces": self.traces[0], "rss_mib": rss_mib()}
+        self.rows.append(row)
+        if self.verbose:
+            print(f"epoch {epoch + 1:3d} stage {stage:3d}{' *' if change else '  '} "
+                  f"{seconds:7.2f} s  traces {row['traces']:3d}  RSS {row['rss_mib']:7.0f} MiB",
+                  flush=True)
+
+
+def count_traces(model) -> list:
+    """A counter of train-step traces (Python in train_step runs only while tracing)."""
+    counter = [0]
+    step = model.train_step
+
+    def counting_train_step(data):
+        counter[0] += 1
+        return step(data)
+
+    model.train_step = counting_train_step
+    return counter
+
+
+def run(args) -> dict:
+    keras.utils.set_random_seed(0)
+    shape = (args.input_size, args.input_size, 3)
+    model = uniq_tf.quantize_model(models.get_model(args.model, shape, args.num_classes),
+                                   weight_bits=4, activation_bits=8)
+    model.compile(keras.optimizers.SGD(0.01, momentum=0.9, weight_decay=5e-4),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  jit_compile=args.jit_compile)
+    rng = np.random.default_rng(0)
+    n = args.batch_size * args.steps_per_epoch
+    x = rng.random((n, *shape), dtype=np.float32)
+    y = rng.integers(0, args.num_classes, n)
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(args.batch_size).repeat()
+    schedule = GradualQuantization("layer", epochs_per_stage=args.epochs_per_stage,
+                                   final_epochs=args.final_epochs, polish_epochs=0, verbose=0)
+    n_stages = len(schedule.plan(model))
+    epochs = schedule.total_epochs(model)
+    traces = count_traces(model)
+    recorder = EpochRecorder(schedule, traces, verbose=not args.silent)
+    print(f"{args.model} {shape}, batch {args.batch_size}, {n_stages} stages, {epochs} epochs "
+          f"of {args.steps_per_epoch} steps; RSS before fit {rss_mib():.0f} MiB", flush=True)
+    start = time.perf_counter()
+    model.fit(data, epochs=epochs, steps_per_epoch=args.steps_per_epoch, verbose=0,
+              callbacks=[schedule, recorder])
+    total = time.perf_counter() - start
+    rows = recorder.rows
+    changes = [r["seconds"] for r in rows[1:] if r["stage_change"]]
+    others = [r["seconds"] for r in rows[1:] if not r["stage_change"]]
+    first_stage_end = max(r["epoch"] for r in rows if r["stage"] == 0)
+    last_stage_end = max(r["epoch"] for r in rows if r["stage"] == n_stages - 1)
+    summary = {
+        "model": args.model, "input_shape": list(shape), "batch_size": args.batch_size,
+        "steps_per_epoch": args.steps_per_epoch, "epochs_per_stage": args.epochs_per_stage,
+        "jit_compile": args.jit_compile, "stages": n_stages, "epochs": epochs,
+        "fit_seconds": total,
+        "traces": traces[0],
+        "first_epoch_seconds": rows[0]["seconds"],
+        "median_stage_change_epoch_seconds": statistics.median(changes) if changes else None,
+        "max_stage_change_epoch_seconds": max(changes) if changes else None,
+        "median_other_epoch_seconds": statistics.median(others) if others else None,
+        "stage_change_over_other": (statistics.median(changes) / statistics.median(others)
+                                    if changes and others else None),
+        "rss_mib_after_first_stage": rows[first_stage_end]["rss_mib"],
+        "rss_mib_after_last_stage": rows[last_stage_end]["rss_mib"],
+        "rss_last_over_first_stage": (rows[last_stage_end]["rss_mib"]
+                                      / rows[first_stage_end]["rss_mib"]),
+        "epochs_detail": rows,
+    }
+    if args.overhead_steps:
+        summary["freezing_step_overhead"] = step_overhead(model, data, schedule, epochs, args)
+    return summary
+
+
+def step_overhead(model, data, schedule, epochs, args) -> dict:
+    """Median epoch time of ``--overhead_steps`` steps with every kernel frozen (the final
+    stage of a new GradualQuantization fit: the restore runs for all kernels and slots) over
+    the same without the callback, in the order plain, frozen, frozen, plain; the first epoch
+    of each fit (its trace) is left out. Weights stay QUANTIZED in both."""
+    times = {"plain": [], "frozen": []}
+    final = epochs - args.final_epochs  # the first epoch in which everything is frozen
+    for variant in ("plain", "frozen", "frozen", "plain"):
+        recorder = EpochRecorder(schedule, [0], verbose=False)
+        callbacks = [recorder]
+        start = 0
+        if variant == "frozen":
+            callbacks.insert(0, GradualQuantization(
+                "layer", epochs_per_stage=args.epochs_per_stage, final_epochs=args.final_epochs,
+                polish_epochs=0, verbose=0))
+            start = final
+        model.fit(data, initial_epoch=start, epochs=start + 1 + args.overhead_rounds,
+                  steps_per_epoch=args.overhead_steps, verbose=0, callbacks=callbacks)
+        times[variant] += [r["seconds"] for r in recorder.rows[1:]]
+        print(f"  {variant}: epochs of {args.overhead_steps} steps "
+              f"{[round(r['seconds'], 3) for r in recorder.rows]} s", flush=True)
+    plain, frozen = statistics.median(times["plain"]), statistics.median(times["frozen"])
+    return {"steps_per_epoch": args.overhead_steps, "median_plain_epoch_seconds": plain,
+            "median_frozen_epoch_seconds": frozen, "frozen_over_plain": frozen / plain}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="resnet20", help="uniq_tf.models name")
+    parser.add_argument("--input_size", type=int, default=32)
+    parser.add_argument("--num_classes", type=int, default=10)
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--steps_per_epoch", type=int, default=2)
+    parser.add_argument("--epochs_per_stage", type=int, default=2)
+    parser.add_argument("--final_epochs", type=int, default=2)
+    parser.add_argument("--jit_compile", action="store_true")
+    parser.add_argument("--overhead_steps", type=int, default=0,
+                        help="if > 0, also time epochs of this many steps with every kernel "
+                        "frozen against the same without the callback")
+    parser.add_argument("--overhead_rounds", type=int, default=3,
+                        help="timed epochs per fit of the overhead measurement")
+    parser.add_argument("--quick", action="store_true",
+                        help="resnet20, batch 16, 1 step per epoch, overhead over 10 steps")
+    parser.add_argument("--silent", action="store_true", help="no line per epoch")
+    parser.add_argument("--output", help="write the summary (JSON) here")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.model, args.batch_size, args.steps_per_epoch = "resnet20", 16, 1
+        args.overhead_steps = args.overhead_steps or 10
+    summary = run(args)
+    short = {k: v for k, v in summary.items() if k != "epochs_detail"}
+    print(json.dumps(short, indent=1), flush=True)
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(json.dumps(summary, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
