@@ -181,6 +181,22 @@ def _fixed_grids(codebooks, grid_bits, tolerance) -> dict[str, grid.IntegerGrid]
     return out
 
 
+def _codebooks(model, given) -> dict:
+    """The model's codebooks, or ``given`` after checking it matches them."""
+    own = uniq_tf.get_codebooks(model)
+    if given is None:
+        return own
+    if set(given) != set(own):
+        raise ValueError(f"codebooks must have the model's keys {sorted(own)}, got "
+                         f"{sorted(given)}")
+    for key, codebook in given.items():
+        if np.shape(codebook.indices) != np.shape(own[key].indices):
+            raise ValueError(f"codebooks[{key!r}] indexes a kernel of shape "
+                             f"{np.shape(codebook.indices)}, the model's is "
+                             f"{np.shape(own[key].indices)}")
+    return dict(given)
+
+
 def _activations(model) -> dict[str, actquant.QuantParams]:
     ranges = uniq_tf.get_activation_ranges(model)
     too_wide = {name: bits for name, (_, _, bits) in ranges.items()
@@ -295,6 +311,7 @@ def export_finn(
     validation_data=None,
     validation_tolerance: float = autogrid.DEFAULT_TOLERANCE,
     validation_metric: str = "agreement",
+    codebooks: dict | None = None,
 ) -> FinnExport:
     """Writes the FINN bundle of a UNIQ-quantized model to ``out_dir`` (module docstring).
 
@@ -305,14 +322,16 @@ def export_finn(
             ``uniq_tf.get_activation_ranges``.
         out_dir: the bundle directory; it must not exist or be empty unless ``overwrite``.
         input_shape: (height, width, channels), needed when the model's is dynamic.
-        weight_grid_bits: the integer grid width B of every quantized layer (an int); None
-            (default, data-free) for per layer the grid it was fine-tuned on
-            (``uniq_tf.set_grid_bits``), else the smallest B >= its index width that
-            represents its codebook within ``grid_tolerance`` of the smallest level gap
-            (fpga_export.grid); "auto" for per layer the smallest B >= its index width whose
-            exported model stays within ``validation_tolerance`` of the Keras model on
-            ``validation_data``, found by the greedy search of fpga_export.autogrid starting
-            from the widths None gives.
+        weight_grid_bits: the integer grid width B of every quantized layer (an int); "auto"
+            for per layer the smallest B >= its index width whose exported model stays within
+            ``validation_tolerance`` of the Keras model on ``validation_data``, found by the
+            greedy search of fpga_export.autogrid starting from the data-free widths; None
+            (default) for "auto" when ``validation_data`` is given, else the data-free rule:
+            per layer the grid it was fine-tuned on (``uniq_tf.set_grid_bits``), else the
+            smallest B >= its index width that represents its codebook within
+            ``grid_tolerance`` of the smallest level gap (fpga_export.grid; B = 10 for the
+            4-bit demo model, where "auto" or a fine-tune on the 5-bit grid keep its accuracy
+            at B <= 5, docs/benchmarks.md section 6).
         target_fps: frames per second the folding config aims at; None for PE = SIMD = 1.
         board: a FINN board name (fpga_export.bundle.BOARDS), default "Pynq-Z1".
         overwrite: replace a non-empty ``out_dir``.
@@ -323,12 +342,18 @@ def export_finn(
         cost_check: cross-check the BOPs with ``qonnx.util.inference_cost`` (descriptor
             totals "qonnx_inference_cost"); it takes minutes on large graphs (about 20 for
             DenseNet121 at 64x64): False skips it and writes null.
-        validation_data: for "auto": inputs x (Keras layout), or (x, y) with integer labels.
+        validation_data: inputs x (Keras layout), or (x, y) with integer labels, held out
+            from training (a validation split): the data "auto" scores the widths on. Giving
+            it with weight_grid_bits=None selects "auto".
         validation_tolerance: for "auto": how far the exported model's score may be from
             the Keras model's (fpga_export.autogrid: 1 - agreement, accuracy points as a
             fraction, or relative loss), default 0.005.
         validation_metric: for "auto": "agreement" (top-1 with the Keras model, needs x
             only), "accuracy" or "loss" (need labels; "loss" the model's compiled loss).
+        codebooks: codebook key -> ``uniq_tf.Codebook`` to export instead of the model's own
+            (``uniq_tf.get_codebooks(model)``), same keys and kernel shapes: for a model whose
+            weights another quantizer put on a grid, e.g. a uniform b-bit model moved into a
+            UNIQ-quantized model of the same architecture (bench/fpga.py's baseline).
 
     Returns:
         FinnExport: the bundle directory and its descriptor. The descriptor says per layer
@@ -338,7 +363,8 @@ def export_finn(
     Raises:
         ValueError: a float model, an unsupported layer (all are named), an argument out of
             range, a grid narrower than a layer's codebook, "auto" without validation_data
-            or validation_data without "auto", labels missing for the metric.
+            or validation_data with an integer width, labels missing for the metric,
+            ``codebooks`` whose keys or shapes differ from the model's.
         FileExistsError, PermissionError: ``out_dir`` cannot take the bundle.
     """
     model = require_keras2_model(model)
@@ -348,6 +374,8 @@ def export_finn(
             "uniq_tf.quantize_model and train it first, or load a saved quantized model inside "
             "uniq_tf.quantize_scope()"
         )
+    if weight_grid_bits is None and validation_data is not None:
+        weight_grid_bits = AUTO
     if weight_grid_bits == AUTO:
         if validation_data is None:
             raise ValueError('weight_grid_bits="auto" measures accuracy: pass validation_data '
@@ -357,7 +385,8 @@ def export_finn(
             raise ValueError(f"validation_metric must be one of {autogrid.METRICS}, got "
                              f"{validation_metric!r}")
     elif validation_data is not None:
-        raise ValueError('validation_data is used only with weight_grid_bits="auto", got '
+        raise ValueError('validation_data is used only with weight_grid_bits="auto" (or None, '
+                         'which then means "auto"), got '
                          f"weight_grid_bits={weight_grid_bits!r}")
     elif weight_grid_bits is not None:
         weight_grid_bits = _check_int(weight_grid_bits, 2, grid.MAX_GRID_BITS,
@@ -378,7 +407,7 @@ def export_finn(
 
     stripped = uniq_tf.strip_quantization(model)
     _check_supported(stripped)
-    codebooks = uniq_tf.get_codebooks(model)
+    codebooks = _codebooks(model, codebooks)
     selection = None
     if weight_grid_bits is None or weight_grid_bits == AUTO:
         grids, rules = _fallback_grids(codebooks, grid_tolerance)

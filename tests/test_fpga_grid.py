@@ -137,13 +137,15 @@ def test_set_grid_bits_errors_name_the_layer():
 def test_auto_lowers_grid_bits_and_keeps_parity(trained, digits, tmp_path):
     _, _, x_test, y_test = digits
     default = fpga_export.export_finn(trained, tmp_path / "default", **DIGITS_INPUT)
+    # validation_data alone selects "auto" (the default of weight_grid_bits=None with data)
     result = fpga_export.export_finn(
-        trained, tmp_path / "auto", weight_grid_bits="auto", validation_data=x_test,
-        validation_tolerance=0.005, **DIGITS_INPUT)
+        trained, tmp_path / "auto", validation_data=x_test, validation_tolerance=0.005,
+        **DIGITS_INPUT)
     fallback = {row["name"]: row["weight_grid_bits"] for row in default.descriptor["layers"]}
     chosen = {row["name"]: row["weight_grid_bits"] for row in result.descriptor["layers"]}
     assert all(4 <= chosen[k] <= fallback[k] for k in chosen)
     assert sum(chosen.values()) < sum(fallback.values())
+    assert np.mean(list(chosen.values())) <= 5  # B = 10 data-free; issue 13 aims at b + 1
     on_disk = json.loads((tmp_path / "auto" / "descriptor.json").read_text())
     selection = on_disk["weight_grid"]["selection"]
     assert selection["metric"] == "agreement" and selection["samples"] == len(x_test)
@@ -181,7 +183,7 @@ def test_auto_arguments_are_checked(trained, digits, tmp_path):
     x_test = digits[2]
     for kwargs, match in (
         ({"weight_grid_bits": "auto"}, "pass validation_data"),
-        ({"validation_data": x_test}, 'only with weight_grid_bits="auto"'),
+        ({"validation_data": x_test, "weight_grid_bits": 5}, 'only with weight_grid_bits="auto"'),
         ({"weight_grid_bits": "best"}, 'weight_grid_bits \\(or "auto"\\)'),
         ({"weight_grid_bits": "auto", "validation_data": x_test,
           "validation_metric": "accuracy"}, "needs labels"),
@@ -191,6 +193,34 @@ def test_auto_arguments_are_checked(trained, digits, tmp_path):
         with pytest.raises(ValueError, match=match):
             fpga_export.export_finn(trained, tmp_path / "b", **kwargs, **DIGITS_INPUT)
     assert not (tmp_path / "b").exists()
+
+
+def test_given_codebooks_replace_the_models(tmp_path):
+    """A uniform per-channel 4-bit grid (what TFMOT's narrow-range quantizer gives) exports at
+    B = 4 exactly, its kernels as given."""
+    model = _tiny_model()
+    own = uniq_tf.get_codebooks(model)
+    rng = np.random.default_rng(0)
+    given = {}
+    for key, codebook in own.items():
+        channels = codebook.indices.shape[-1]
+        scale = rng.uniform(0.01, 0.1, channels)
+        ints = rng.integers(-7, 8, codebook.indices.shape)
+        levels = scale[:, None] * np.append(np.arange(-7, 8), 7)[None]  # 15 levels, top twice
+        given[key] = uniq_tf.Codebook(key, "kernel", 4, levels.astype(np.float32),
+                                      (ints + 7).astype(np.int32), (-1,), "uniform")
+    result = fpga_export.export_finn(model, tmp_path / "u", weight_grid_bits=4,
+                                     codebooks=given, **DIGITS_INPUT)
+    assert {row["weight_grid_bits"] for row in result.descriptor["layers"]} == {4}
+    saved = np.load(tmp_path / "u" / "codebooks.npz")
+    for key, codebook in given.items():
+        np.testing.assert_array_equal(saved[f"{key}/indices"], codebook.indices)
+        np.testing.assert_allclose(
+            saved[f"{key}/grid_levels"] * saved[f"{key}/grid_scale"][:, None], codebook.levels,
+            rtol=1e-6)
+    with pytest.raises(ValueError, match="codebooks must have the model's keys"):
+        fpga_export.export_finn(model, tmp_path / "v", codebooks={"conv": given["conv"]},
+                                **DIGITS_INPUT)
 
 
 def test_grid_aware_fine_tune_gives_parity_at_b_plus_1(trained, digits, tmp_path):
