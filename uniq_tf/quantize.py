@@ -215,6 +215,8 @@ def quantize_model(
     modes and stages are those two layers'. ``layer_bits`` and ``skip_layers`` name the
     layers of ``model``: ``layer_bits[N]`` sets both halves (the activation bits, the
     pointwise half's), and a skipped SeparableConv2D stays whole, in float.
+    Its ``save`` warns when it writes the .keras format, which cannot load it back (save as
+    .h5 or SavedModel; load with ``uniq_tf.saving.load_quantized``).
     Every weight quantizer starts in NOISY mode: without a schedule callback, all layers are
     trained with noise at once and evaluate with their codebooks (the paper's spirit).
     ``uniq_tf.callbacks.GradualQuantization`` drives the stage-wise schedule.
@@ -269,7 +271,10 @@ def quantize_model(
         copy = _copy_with_weights(model)
         # The layout splits quantized SeparableConv2D layers, and their plan entries with them.
         copy, plan = UniqQuantizeScheme(plan).get_layout_transformer().apply(copy, plan)
-        return _apply(copy, UniqQuantizeScheme(plan).get_quantize_registry())
+        quantized = _apply(copy, UniqQuantizeScheme(plan).get_quantize_registry())
+    from uniq_tf.saving import warn_on_keras_format  # saving imports this module
+
+    return warn_on_keras_format(quantized)
 
 
 def quantize_scope(*args):

@@ -1,30 +1,94 @@
-"""Loading a saved quantized model, with errors that say what to do (issue 17, item 10).
+"""Saving and loading a quantized model, with messages that say what to do (issue 17, item 10).
 
 A quantized model holds TFMOT's QuantizeWrapperV2 layers and uniq_tf's quantizers: loading it
-needs :func:`uniq_tf.quantize_scope`, and only the .h5 and SavedModel formats load back. The
-.keras format saves without complaint but cannot be loaded ("expected 6 variables, but received
-8"), so :func:`load_quantized` names the format instead of passing that error on.
+needs :func:`uniq_tf.quantize_scope` (without it Keras reports "Unknown layer:
+'QuantizeWrapperV2'"), and only the .h5 and SavedModel formats load back. The .keras format
+saves without complaint but cannot be loaded, with or without the scope ("Layer 'c1' expected
+3 variables, but received 4"). So:
+
+- ``model.save("m.keras")`` on a model made by :func:`uniq_tf.quantize_model` (or loaded by
+  :func:`load_quantized`) warns at save time (:func:`warn_on_keras_format` installs the check
+  on the model instance; ``keras.models.save_model`` called directly is not covered);
+- :func:`save_quantized` saves as .h5 or SavedModel and refuses .keras;
+- :func:`load_quantized` loads inside the scope and names the format when given a .keras file.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import warnings
 
 from uniq_tf._keras import keras
-from uniq_tf.quantize import quantize_scope
 
 UNLOADABLE_SUFFIX = ".keras"
+H5_SUFFIXES = (".h5", ".hdf5")
+KERAS_FORMAT_WARNING = (
+    "uniq_tf: a quantized model saved in the .keras format cannot be loaded back (TFMOT's "
+    "QuantizeWrapperV2 does not restore from it); save it as .h5 or as a SavedModel directory "
+    "and load it with uniq_tf.saving.load_quantized (keras.models.load_model inside "
+    "uniq_tf.quantize_scope())."
+)
+
+
+def is_keras_format(filepath, save_format=None) -> bool:
+    """True where tf_keras would write the .keras (v3) format: ``save_format`` "keras" or, when
+    it is None, a path ending in ".keras"."""
+    if save_format is not None:
+        return str(save_format).lower() in ("keras", "keras_v3")
+    try:
+        return os.fspath(filepath).endswith(UNLOADABLE_SUFFIX)
+    except TypeError:  # a file-like object
+        return False
+
+
+def warn_on_keras_format(model):
+    """Makes ``model.save`` warn (:data:`KERAS_FORMAT_WARNING`) when it writes the .keras
+    format; every format still saves as before. Returns ``model``."""
+    if getattr(model.save, "_uniq_warns_on_keras_format", False):
+        return model
+    class_save = type(model).save
+
+    @functools.wraps(class_save)
+    def save(filepath, overwrite=True, save_format=None, **kwargs):
+        if is_keras_format(filepath, save_format):
+            warnings.warn(KERAS_FORMAT_WARNING, UserWarning, stacklevel=2)
+        return class_save(model, filepath, overwrite=overwrite, save_format=save_format,
+                          **kwargs)
+
+    save._uniq_warns_on_keras_format = True
+    model.save = save
+    return model
+
+
+def save_quantized(model, path: str | os.PathLike, overwrite: bool = True) -> None:
+    """Saves a quantized ``model`` where :func:`load_quantized` can load it back: as .h5 when
+    ``path`` ends in .h5 or .hdf5, else as a SavedModel directory. A .keras path is a
+    ValueError (the format cannot load a quantized model back)."""
+    path = os.fspath(path)
+    if is_keras_format(path):
+        raise ValueError(
+            f"{path!r}: a quantized model cannot be loaded back from the .keras format (TFMOT's "
+            "QuantizeWrapperV2); give a path ending in .h5 or a SavedModel directory."
+        )
+    save_format = "h5" if path.lower().endswith(H5_SUFFIXES) else "tf"
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "You are saving your model as an HDF5 file")
+        type(model).save(model, path, overwrite=overwrite, save_format=save_format)
 
 
 def load_quantized(path: str | os.PathLike):
     """The model saved at ``path`` (.h5 file or SavedModel directory), loaded inside
-    :func:`uniq_tf.quantize_scope` without its optimizer state (``compile=False``)."""
+    :func:`uniq_tf.quantize_scope` without its optimizer state (``compile=False``); a
+    quantized model's ``save`` warns about the .keras format (:func:`warn_on_keras_format`)."""
+    from uniq_tf.quantize import is_quantized_model, quantize_scope
+
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"No saved model at {path!r}.")
     try:
         with quantize_scope():
-            return keras.models.load_model(path, compile=False)
+            model = keras.models.load_model(path, compile=False)
     except (ValueError, TypeError) as error:
         if not path.endswith(UNLOADABLE_SUFFIX):
             raise
@@ -33,3 +97,4 @@ def load_quantized(path: str | os.PathLike):
             f"(TFMOT's QuantizeWrapperV2: {error}). Save quantized models as .h5 "
             "(model.save('model.h5')) or as a SavedModel directory."
         ) from error
+    return warn_on_keras_format(model) if is_quantized_model(model) else model
