@@ -9,6 +9,7 @@ import uniq_tf
 from uniq_tf import ActMode, Mode
 from uniq_tf._keras import keras
 from uniq_tf.quantize import kernel_wrappers, wrappers
+from uniq_tf.saving import load_quantized
 
 L = keras.layers
 
@@ -177,3 +178,44 @@ def test_finn_export_of_the_split_layers(tmp_path):
     layers = {row["name"]: row for row in result.descriptor["layers"]}
     assert list(layers) == ["sep_depthwise", "sep", "fc"]
     assert layers["sep_depthwise"]["groups"] == 2 and layers["sep"]["kernel_size"] == [1, 1]
+
+
+def test_allocation_sensitivity_quantizes_both_halves(monkeypatch):
+    from uniq_tf import allocate
+
+    seen = []
+    original = allocate._hard_kernels
+
+    def recording(wrapper, *args):
+        seen.append(wrapper.layer.name)
+        return original(wrapper, *args)
+
+    monkeypatch.setattr(allocate, "_hard_kernels", recording)
+    model = randomize(functional())
+    scores, _ = allocate.measure_sensitivity(model, x_batch((9, 9, 3), 8),
+                                             {"sep": [(2, 8)], "fc": [(2, None)]}, batches=1)
+    assert seen == ["sep_depthwise", "sep", "fc"]
+    assert scores["sep"][(2, 8)] > 0
+
+
+@pytest.mark.filterwarnings("ignore:You are saving your model as an HDF5 file")
+def test_a_wrapped_separable_conv_of_an_older_model_still_loads_and_strips(tmp_path):
+    """Models quantized before the split hold a wrapped SeparableConv2D: loading (.h5),
+    codebooks ("layer/attribute" keys) and stripping still work."""
+    from uniq_tf import quantize
+    from uniq_tf.scheme import UniqQuantizeRegistry
+
+    model = randomize(functional())
+    plan = quantize._plan(model, 2, 8, {}, set(), False, "gaussian", 1.0, "clipped")
+    with uniq_tf.quantize_scope():
+        old = quantize._apply(quantize._copy_with_weights(model), UniqQuantizeRegistry(plan))
+    assert isinstance(old.get_layer("sep").layer, L.SeparableConv2D)
+    old.save(tmp_path / "old.h5")
+    loaded = load_quantized(tmp_path / "old.h5")
+    assert sorted(uniq_tf.get_codebooks(loaded)) == ["fc", "sep/depthwise_kernel",
+                                                      "sep/pointwise_kernel"]
+    uniq_tf.set_activation_mode(loaded, ActMode.FLOAT)
+    stripped = uniq_tf.strip_quantization(loaded)
+    x = x_batch((9, 9, 3))
+    np.testing.assert_allclose(stripped(x, training=False).numpy(),
+                               loaded(x, training=False).numpy(), rtol=1e-5, atol=1e-5)

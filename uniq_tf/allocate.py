@@ -384,13 +384,14 @@ def measure_sensitivity(
         set_activation_mode(probe, ActMode.FLOAT)
         forward = tf.function(lambda batch, probe=probe: probe(batch, training=False))
         owned = _owned_quantizers(probe)
-        kernels = {w.layer.name: w for w in quantize.kernel_wrappers(probe)}
+        kernels = quantize.kernel_wrappers_by_layer(probe)  # a SeparableConv2D: two halves
         passes += len(batch_list)
         for name, pairs in candidates.items():
             for w, pair_a in pairs:
                 if pair_a != a and not (pair_a is None and a == widths[-1]):
                     continue
-                saved = _hard_kernels(kernels[name], w, per_channel, distribution)
+                saved = [pair for wrapper in kernels[name]
+                         for pair in _hard_kernels(wrapper, w, per_channel, distribution)]
                 quantized = owned.get(name, []) if pair_a is not None else []
                 if quantized:
                     set_activation_mode(probe, ActMode.QUANTIZED, quantized)

@@ -308,6 +308,16 @@ def kernel_wrappers(model) -> list:
     return [w for w in wrappers(model) if isinstance(w.quantize_config, KernelQuantizeConfig)]
 
 
+def kernel_wrappers_by_layer(model) -> dict[str, list]:
+    """The kernel wrappers of a quantized model by the layer of the float model they quantize:
+    both halves of a split SeparableConv2D under its name (the depthwise half's config names
+    it as owner), every other kernel layer alone under its own name."""
+    out: dict[str, list] = {}
+    for wrapper in kernel_wrappers(model):
+        out.setdefault(wrapper.quantize_config.owner or wrapper.layer.name, []).append(wrapper)
+    return out
+
+
 def weight_quantizers(wrapper) -> list[tuple[str, KQuantileWeightQuantizer, dict]]:
     """(attribute, quantizer, its variables) for each quantized kernel of ``wrapper``."""
     config = wrapper.quantize_config
