@@ -219,3 +219,17 @@ def test_a_wrapped_separable_conv_of_an_older_model_still_loads_and_strips(tmp_p
     x = x_batch((9, 9, 3))
     np.testing.assert_allclose(stripped(x, training=False).numpy(),
                                loaded(x, training=False).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_a_shared_separable_conv_and_an_output_layer_keep_calls_and_output_names():
+    a, b = keras.Input((8, 8, 2)), keras.Input((8, 8, 2))
+    shared = separable(filters=3)
+    ya, yb = shared(a), shared(b)
+    head = L.SeparableConv2D(2, 3, name="head")(L.Add(name="add")([ya, yb]))
+    model = randomize(keras.Model([a, b], [L.Flatten(name="flat")(ya), head]))
+    q = float_equivalent(uniq_tf.quantize_model(model, weight_bits=3))
+    assert q.output_names == model.output_names == ["flat", "head"]
+    assert len(q.get_layer("sep_depthwise").inbound_nodes) == 2
+    x = [x_batch((8, 8, 2), 2, seed) for seed in (1, 2)]
+    for got, want in zip(q(x, training=False), model(x, training=False), strict=True):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-5)
