@@ -200,10 +200,9 @@ def _define_flags():
 
 def console() -> None:
     """The ``uniq-export-finn`` command."""
-    from absl import app
+    from uniq_tf.cli import run_command
 
-    _define_flags()
-    app.run(main)
+    run_command(__name__, _define_flags, main)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 
-from absl import app, flags
+from absl import flags
 from tqdm.auto import tqdm
 
 import uniq_tf  # noqa: F401  (sets up Keras 2 before TensorFlow loads)
@@ -203,8 +203,9 @@ def main(argv) -> None:
 
 def console() -> None:
     """The ``uniq-bops`` command."""
-    _define_flags()
-    app.run(main)
+    from uniq_tf.cli import run_command
+
+    run_command(__name__, _define_flags, main)
 
 
 if __name__ == "__main__":

@@ -164,10 +164,9 @@ def main(argv) -> None:
 
 def console() -> None:
     """The ``uniq-train`` command."""
-    from absl import app
+    from uniq_tf.cli import run_command
 
-    _define_flags()
-    app.run(main)
+    run_command(__name__, _define_flags, main)
 
 
 if __name__ == "__main__":

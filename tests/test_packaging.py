@@ -1,0 +1,78 @@
+"""The package as a user installs it: PEP 621 metadata, a fresh virtual environment, its
+console commands and a one-epoch ``uniq-train`` on digits, all without network (the fresh
+environment sees the tested stack of this .venv through a .pth file; pip installs with
+``--no-index``, so a requirement the stack does not satisfy fails the test)."""
+
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tomllib
+from pathlib import Path
+
+import pytest
+
+import uniq_tf
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMANDS = ("uniq-train", "uniq-export-tflite", "uniq-export-finn", "uniq-bops")
+
+
+def test_metadata_has_one_version_ranges_and_the_commands():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["dynamic"] == ["version"] and "version" not in project
+    assert not (ROOT / "setup.py").exists()
+    assert "Apache" in (ROOT / "LICENSE").read_text()[:400]
+    assert sorted(project["scripts"]) == sorted(COMMANDS)
+    assert not [r for r in project["dependencies"] if "==" in r]  # ranges, not pins
+    assert {"data", "tflite", "fpga", "dev"} <= set(project["optional-dependencies"])
+    assert not any("tf2onnx" in r for extra in project["optional-dependencies"].values()
+                   for r in extra)
+    pinned = (ROOT / "requirements.txt").read_text()
+    assert "tensorflow==" in pinned and "tf-keras==" in pinned  # the tested pair, for make
+
+
+def _run(command, cwd, timeout=600, codes=(0,)):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True,
+                            timeout=timeout, check=False)
+    assert result.returncode in codes, (command, result.stdout[-2000:], result.stderr[-4000:])
+    return result
+
+
+@pytest.mark.slow
+def test_pip_install_in_a_fresh_venv_then_the_commands_run(tmp_path):
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(ROOT / name, source / name)
+    for package in ("uniq_tf", "tflite_export", "fpga_export"):
+        shutil.copytree(ROOT / package, source / package,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    env_dir = tmp_path / "env"
+    _run([getattr(sys, "_base_executable", sys.executable), "-m", "venv", str(env_dir)],
+         tmp_path)
+    python = env_dir / "bin" / "python"
+    site = _run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                tmp_path).stdout.strip()
+    Path(site, "tested_stack.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+
+    install = _run([str(python), "-m", "pip", "install", "--no-index", "--no-build-isolation",
+                    f"{source}[data,tflite,fpga]"], tmp_path)
+    assert "Successfully installed uniq-tf" in install.stdout
+    where = _run([str(python), "-c", "import uniq_tf, tflite_export, fpga_export; "
+                  "print(uniq_tf.__file__, uniq_tf.__version__)"], tmp_path).stdout
+    assert where.split() == [str(Path(site, "uniq_tf", "__init__.py")), uniq_tf.__version__]
+
+    for command in COMMANDS:
+        # absl's help flags print to stdout and exit with status 1.
+        short = _run([str(env_dir / "bin" / command), "--helpshort"], tmp_path, codes=(1,)).stdout
+        assert short.count("\n  --") >= 4, (command, short)  # its own flags, not absl's only
+    out = tmp_path / "run"
+    _run([str(env_dir / "bin" / "uniq-train"), "--float_epochs=1", "--stages=1",
+          "--epochs_per_stage=1", "--final_epochs=0", "--max_steps_per_epoch=4",
+          "--calibration_steps=1", "--verbose=0", f"--output_dir={out}"], tmp_path)
+    assert {"float_model.h5", "quantized_model.h5", "summary.json", "bops.txt"} <= {
+        p.name for p in out.iterdir()}
