@@ -14,7 +14,8 @@ the train function in any case, is reported apart).
 
 Reported as ratios: median stage-change epoch / median other epoch, RSS after the last stage
 / RSS after the first; with ``--overhead_steps``, the per-step cost of the freezing itself
-(every kernel frozen, against no callback). With ``--epochs_per_stage=1`` every epoch after
+(every kernel frozen, against no callback); with ``--float_ratio_steps``, the UNIQ train step
+over the float model's at this size. With ``--epochs_per_stage=1`` every epoch after
 the first changes stage, so the "other" epochs come from the final (all quantized) epochs:
 pass --final_epochs >= 2.
 """
@@ -67,6 +68,47 @@ class EpochRecorder(keras.callbacks.Callback):
             print(f"epoch {epoch + 1:3d} stage {stage:3d}{' *' if change else '  '} "
                   f"{seconds:7.2f} s  traces {row['traces']:3d}  RSS {row['rss_mib']:7.0f} MiB",
                   flush=True)
+
+
+class EpochTimer(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.seconds = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds.append(time.perf_counter() - self.start)
+
+
+def float_ratio(args, shape, data) -> dict:
+    """Median epoch time of ``--float_ratio_steps`` steps of the UNIQ model (every kernel
+    NOISY, activations quantized: quantize_model's default, UNIQ's costliest training
+    forward) over the float model's, same optimizer and data, in the order float, uniq, uniq,
+    float; each fit's first epoch (the trace) left out."""
+    built = {}
+    for name in ("float", "uniq"):
+        keras.utils.set_random_seed(0)
+        model = models.get_model(args.model, shape, args.num_classes)
+        if name == "uniq":
+            model = uniq_tf.quantize_model(model, weight_bits=4, activation_bits=8)
+        model.compile(keras.optimizers.SGD(0.01, momentum=0.9, weight_decay=5e-4),
+                      keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                      jit_compile=args.jit_compile)
+        built[name] = model
+    times = {"float": [], "uniq": []}
+    for name in ("float", "uniq", "uniq", "float"):
+        timer = EpochTimer()
+        built[name].fit(data, epochs=1 + args.overhead_rounds,
+                        steps_per_epoch=args.float_ratio_steps, verbose=0, callbacks=[timer])
+        times[name] += timer.seconds[1:]
+        print(f"  {name}: epochs of {args.float_ratio_steps} steps "
+              f"{[round(t, 3) for t in timer.seconds]} s", flush=True)
+    flt, unq = statistics.median(times["float"]), statistics.median(times["uniq"])
+    return {"steps_per_epoch": args.float_ratio_steps, "median_float_step_seconds":
+            flt / args.float_ratio_steps, "median_uniq_step_seconds": unq /
+            args.float_ratio_steps, "uniq_over_float": unq / flt}
 
 
 def count_traces(model) -> list:
@@ -132,6 +174,8 @@ def run(args) -> dict:
     }
     if args.overhead_steps:
         summary["freezing_step_overhead"] = step_overhead(model, data, schedule, epochs, args)
+    if args.float_ratio_steps:
+        summary["uniq_over_float_step"] = float_ratio(args, shape, data)
     return summary
 
 
@@ -175,7 +219,10 @@ def main(argv=None) -> int:
                         help="if > 0, also time epochs of this many steps with every kernel "
                         "frozen against the same without the callback")
     parser.add_argument("--overhead_rounds", type=int, default=3,
-                        help="timed epochs per fit of the overhead measurement")
+                        help="timed epochs per fit of the overhead measurements")
+    parser.add_argument("--float_ratio_steps", type=int, default=0,
+                        help="if > 0, also time epochs of this many steps of the UNIQ model "
+                        "(all NOISY) against the float model")
     parser.add_argument("--quick", action="store_true",
                         help="resnet20, batch 16, 1 step per epoch, overhead over 10 steps")
     parser.add_argument("--silent", action="store_true", help="no line per epoch")
