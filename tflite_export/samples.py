@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from uniq_tf._keras import tf
+from uniq_tf import inputs
 
 RANDOM_SAMPLES = 32
+_WHOLE = 1 << 62  # arrays are taken whole; as_samples cuts them to its limit
 
 
 def _input_shape(model) -> tuple:
@@ -34,17 +35,9 @@ def _check_finite(samples: np.ndarray, what: str) -> np.ndarray:
 
 
 def _batches(data):
-    """Yields arrays from an array, a tf.data.Dataset, a converter-style generator function
-    or an iterable; (x, y) pairs and [x] lists give their first element."""
-    if callable(data) and not isinstance(data, tf.data.Dataset):
-        data = data()
-    if isinstance(data, tf.data.Dataset):
-        data = data.as_numpy_iterator()
-    if isinstance(data, (np.ndarray, tf.Tensor)):
-        yield np.asarray(data)
-        return
-    for item in data:
-        yield np.asarray(item[0] if isinstance(item, (tuple, list)) else item)
+    """Yields input arrays from ``data`` in any form of :mod:`uniq_tf.inputs`."""
+    for x, _ in inputs.batches(data, _WHOLE):
+        yield np.asarray(x)
 
 
 def as_samples(

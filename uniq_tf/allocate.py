@@ -29,7 +29,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from uniq_tf import bops, kquantile, quantize, registry
+from uniq_tf import bops, inputs, kquantile, quantize, registry
 from uniq_tf._keras import require_keras2_model, tf
 from uniq_tf.modes import calibrate_activations, set_activation_mode, set_weight_mode
 from uniq_tf.quantize_config import KernelQuantizeConfig
@@ -297,17 +297,10 @@ def solve(
 def _batches(data, batches: int) -> list[tuple[tf.Tensor, tf.Tensor | None]]:
     """Up to ``batches`` (inputs, labels or None) from a tf.data.Dataset or iterable of
     batches (x or (x, y)), an array of inputs, or an (x, y) pair of arrays."""
-    if isinstance(data, tuple) and len(data) == 2 and all(
-            isinstance(d, (np.ndarray, tf.Tensor)) for d in data):
-        data = [(data[0][i:i + DEFAULT_BATCH], data[1][i:i + DEFAULT_BATCH])
-                for i in range(0, len(data[0]), DEFAULT_BATCH)]
-    elif isinstance(data, (np.ndarray, tf.Tensor)):
-        data = [data[i:i + DEFAULT_BATCH] for i in range(0, len(data), DEFAULT_BATCH)]
     out = []
-    for batch in data:
+    for x, y in inputs.batches(data, DEFAULT_BATCH, "data"):
         if len(out) == batches:
             break
-        x, y = (batch[0], batch[1]) if isinstance(batch, (tuple, list)) else (batch, None)
         out.append((tf.convert_to_tensor(x), None if y is None else tf.convert_to_tensor(y)))
     if not out:
         raise ValueError(

@@ -12,6 +12,7 @@ from collections.abc import Iterable
 import numpy as np
 from tqdm.auto import tqdm
 
+from uniq_tf import inputs
 from uniq_tf._keras import tf
 from uniq_tf.quantize import (
     get_activation_ranges,
@@ -71,22 +72,13 @@ def activation_modes(model) -> dict[str, ActMode]:
     return out
 
 
-def _batches(data):
-    """``data`` as an iterable of batches: an array or tensor is inputs batched along axis 0,
-    split into batches of ``CALIBRATION_BATCH``; anything else is iterated as it is."""
-    if isinstance(data, (np.ndarray, tf.Tensor)):
-        return (data[i : i + CALIBRATION_BATCH] for i in range(0, len(data), CALIBRATION_BATCH))
-    return data
-
-
 def calibrate_activations(model, data, steps: int | None = None, verbose: bool = True) -> dict:
     """Sets every activation quantizer's range to the min/max seen on ``data``.
 
     TFMOT's moving-average quantizer starts at [-6, 6] and moves with decay 0.999, too slowly
     for a short fine-tune at low bit widths; calibrating first starts it at the data's range.
-    ``data``: an array of inputs (N, *input_shape), run in batches of ``CALIBRATION_BATCH``;
-    or a tf.data.Dataset or an iterable of input batches (or (x, y) pairs). ``steps`` counts
-    batches. Returns layer name -> (min, max).
+    ``data``: any form of :mod:`uniq_tf.inputs` (an array of inputs is run in batches of
+    ``CALIBRATION_BATCH``). ``steps`` counts batches. Returns layer name -> (min, max).
     """
     bad_steps = isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1
     if steps is not None and bad_steps:
@@ -103,11 +95,10 @@ def calibrate_activations(model, data, steps: int | None = None, verbose: bool =
     def run(x):
         return model(x, training=False)
 
-    iterator = iter(_batches(data))
+    iterator = inputs.batches(data, CALIBRATION_BATCH)
     bar = tqdm(total=steps, desc="calibrating activations", disable=not verbose)
     count = 0
-    for batch in iterator:
-        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+    for x, _ in iterator:
         run(x)
         count += 1
         bar.update(1)

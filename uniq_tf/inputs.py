@@ -1,0 +1,77 @@
+"""The data forms every entry point that reads inputs accepts, in one place.
+
+``calibrate_activations``, ``allocate_bits``, ``tflite_export.export_tflite``
+(``representative_data``, ``samples``) and ``fpga_export.export_finn`` (``validation_data``)
+take the same forms:
+
+- an array (numpy or tensor) of inputs, batched along axis 0;
+- a tuple ``(x, y)`` of two arrays with as many rows: inputs and labels;
+- a ``tf.data.Dataset`` of batches, each ``x``, ``(x, y)`` or ``(x, y, sample_weight)``;
+- any other iterable of such batches (a list of arrays, a generator), or a function returning
+  one (the TFLite converter's ``representative_dataset`` style, whose items are ``[x]``).
+
+A list is always a sequence of batches, never an ``(x, y)`` pair.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from uniq_tf._keras import tf
+
+FORMS = ("an array of inputs", "an (x, y) tuple of arrays", "a tf.data.Dataset",
+         "an iterable of batches", "a function returning one")
+
+
+def _is_array(value) -> bool:
+    return isinstance(value, (np.ndarray, tf.Tensor))
+
+
+def is_xy_pair(data) -> bool:
+    """True for a tuple (inputs, labels) of two arrays with as many rows."""
+    return (isinstance(data, tuple) and len(data) == 2 and all(_is_array(d) for d in data)
+            and len(data[0]) == len(data[1]))
+
+
+def batches(data, batch_size: int, what: str = "data") -> Iterator[tuple[object, object]]:
+    """Yields ``(x, y or None)`` batches from ``data`` in any of the module's forms; arrays are
+    split into batches of ``batch_size`` rows, other batches are passed on as they come.
+
+    Args:
+        data: inputs in one of the forms of the module docstring.
+        batch_size: rows per batch for arrays and (x, y) pairs.
+        what: the argument's name, for the error.
+
+    Returns:
+        An iterator of (inputs, labels or None) batches (arrays or tensors, as given).
+
+    Raises:
+        TypeError: ``data`` is none of the forms (raised when the iterator starts).
+    """
+    if is_xy_pair(data):
+        x, y = data
+        for i in range(0, len(x), batch_size):
+            yield x[i:i + batch_size], y[i:i + batch_size]
+        return
+    if _is_array(data):
+        for i in range(0, len(data), batch_size):
+            yield data[i:i + batch_size], None
+        return
+    if callable(data) and not isinstance(data, tf.data.Dataset):
+        data = data()
+    if isinstance(data, (str, bytes, dict)) or not hasattr(data, "__iter__"):
+        raise TypeError(
+            f"{what} must be {', '.join(FORMS[:-1])} or {FORMS[-1]}; got {type(data).__name__}."
+        )
+    for item in data:
+        if isinstance(item, dict):
+            raise TypeError(f"{what}: batches must be x, (x, y) or (x, y, weights), not dicts.")
+        if isinstance(item, (tuple, list)):
+            yield item[0], (item[1] if len(item) > 1 else None)
+        else:
+            yield item, None
+
+
+__all__ = ["FORMS", "batches", "is_xy_pair"]
