@@ -378,12 +378,12 @@ def export_tflite(
         path: the output file; written atomically, an existing file is replaced only by a
             file that passed verification.
         mode: "float", "dynamic" or "int8" (full integer).
-        representative_data: inputs for int8 calibration (required for "int8"): an array
-            (N, *input_shape), a tf.data.Dataset of batches or (x, y) pairs, an iterable of
-            batches or a converter-style generator function. Up to ``calibration_samples``
-            are used.
-        samples: inputs to verify on (default: the first 256 representative samples, else 32
-            uniform random inputs in [0, 1]).
+        representative_data: inputs for int8 calibration (required for "int8"), in any form
+            of :mod:`uniq_tf.inputs` (an array, an (x, y) tuple, a tf.data.Dataset, an
+            iterable of batches or a converter-style generator function). Up to
+            ``calibration_samples`` are used.
+        samples: inputs to verify on, in the same forms (default: the first 256
+            representative samples, else 32 uniform random inputs in [0, 1]).
         int8_io: "int8" mode only: int8 model input and output (else float32, with quantize
             and dequantize ops inside the file).
         ranges: "int8" mode only: "learned" writes the activation quantizers' learned ranges
@@ -392,6 +392,19 @@ def export_tflite(
         atol: float mode tolerance, relative to max(1, max |output|).
         max_steps: int8 mode tolerance, in steps of the file's output quantization.
         min_agreement: minimal top-1 agreement (classifiers, rows without a near tie).
+
+    Returns:
+        An :class:`ExportReport`: the file's size, its input and output types, and what was
+        checked against the Keras model (samples, largest difference, tolerance, agreement,
+        kernels, activation ranges).
+
+    Raises:
+        ValueError: a bad argument, representative or sample data that is empty, non-finite,
+            constant or of the wrong shape (nothing is written).
+        ExportPathError: ``path`` cannot be written (nothing is written).
+        ConversionError: the TFLite converter rejected the model (its message, with the layers).
+        VerificationError: the converted file differs from the Keras model beyond the
+            tolerance, or holds non-finite outputs; an older file at ``path`` is untouched.
     """
     model = _check_model(model)
     _check_args(mode, ranges, calibration_samples, atol, max_steps, min_agreement)

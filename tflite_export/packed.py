@@ -142,7 +142,20 @@ def _write_archive(temp, entries: dict[str, bytes], path) -> None:
 
 def save_packed(model, path: str | os.PathLike) -> PackedReport:
     """Writes a UNIQ-quantized model as a packed file (see the module docstring), after
-    checking that it loads back into the stripped model bit for bit."""
+    checking that it loads back into the stripped model bit for bit.
+
+    Args:
+        model: a quantized model (``uniq_tf.quantize_model``).
+        path: the file to write (atomically: a failed check leaves no file).
+
+    Returns:
+        A :class:`PackedReport`: the file's bytes, split into indices, codebooks and the other
+        (float) weights.
+
+    Raises:
+        ValueError: ``model`` has no quantized layer, or the written file does not load back
+            into the stripped model bit for bit.
+    """
     model = require_keras2_model(model)
     if not is_quantized_model(model):
         raise ValueError(
@@ -194,7 +207,19 @@ def _read_values(archive: zipfile.ZipFile, manifest: dict) -> dict[tuple[str, st
 
 
 def load_packed(path: str | os.PathLike, custom_objects: dict | None = None):
-    """The stripped tf_keras model stored in a packed file (kernels = codebook values)."""
+    """The stripped tf_keras model stored in a packed file (kernels = codebook values).
+
+    Args:
+        path: a file written by :func:`save_packed`.
+        custom_objects: custom layer classes of the model, by name.
+
+    Returns:
+        A plain tf_keras model equal, bit for bit, to ``uniq_tf.strip_quantization`` of the
+        model that was saved.
+
+    Raises:
+        ValueError: ``path`` is not a packed file of this version, or lacks some weights.
+    """
     not_packed = f"{os.fspath(path)!r} is not a {FORMAT} file of version {VERSION}"
     try:
         archive = zipfile.ZipFile(path)

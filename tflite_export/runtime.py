@@ -119,8 +119,17 @@ def _dequantize_output(y: np.ndarray, detail: dict) -> np.ndarray:
 
 
 def predict(model: ModelSource | Interpreter, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """The float outputs of a single-input, single-output TFLite model on inputs ``x`` (float;
-    integer arrays stay integer for integer inputs such as token ids)."""
+    """Runs a single-input, single-output TFLite model in LiteRT.
+
+    Args:
+        model: a .tflite path, its bytes, or a loaded interpreter.
+        x: inputs (N, *input_shape): float (quantized here for an int8 input), or integer for
+            integer inputs such as token ids.
+        batch_size: rows per interpreter call.
+
+    Returns:
+        The float outputs (N, *output_shape) (dequantized for an int8 output).
+    """
     interpreter = model if isinstance(model, Interpreter) else load(model)
     x = np.asarray(x)
     if not np.issubdtype(x.dtype, np.integer):

@@ -69,7 +69,17 @@ def size_report(
     float_tflite: str | os.PathLike | None = None,
     int8_tflite: str | os.PathLike | None = None,
 ) -> SizeReport:
-    """Sizes of ``model``'s float32 weights and of the files exported from it."""
+    """Sizes of ``model``'s float32 weights and of the files exported from it.
+
+    Args:
+        model: the quantized model the files were exported from.
+        packed: the report of :func:`save_packed` for it.
+        float_tflite: its float TFLite file, if any.
+        int8_tflite: its int8 TFLite file, if any.
+
+    Returns:
+        A :class:`SizeReport`: raw and gzipped bytes of each, and ratios to float32.
+    """
     weights = b"".join(
         np.asarray(w, dtype="<f4").tobytes() for w in strip_quantization(model).get_weights()
     )

@@ -41,7 +41,17 @@ def _select(model, layers: Iterable[str] | None) -> list:
 
 
 def set_weight_mode(model, mode: Mode, layers: Iterable[str] | None = None) -> None:
-    """Sets the weight quantizers of ``layers`` (all when None) to FLOAT, NOISY or QUANTIZED."""
+    """Sets the weight quantizers of ``layers`` to FLOAT, NOISY or QUANTIZED (no retrace: modes
+    are variables read in the traced step).
+
+    Args:
+        model: a quantized model (``uniq_tf.quantize_model``).
+        mode: a :class:`uniq_tf.Mode` (or its integer value).
+        layers: names of the quantized layers to set; None sets all.
+
+    Raises:
+        ValueError: ``mode`` is not a Mode, or ``layers`` names a layer that is not quantized.
+    """
     mode = Mode(mode)
     for wrapper in _select(model, layers):
         for _, _, variables in weight_quantizers(wrapper):
@@ -49,7 +59,17 @@ def set_weight_mode(model, mode: Mode, layers: Iterable[str] | None = None) -> N
 
 
 def set_activation_mode(model, mode: ActMode, layers: Iterable[str] | None = None) -> None:
-    """Sets the output quantizers of ``layers`` (all when None)."""
+    """Sets the activation (output) quantizers of ``layers`` to FLOAT, QUANTIZED or CALIBRATE.
+
+    Args:
+        model: a quantized model (``uniq_tf.quantize_model``).
+        mode: a :class:`uniq_tf.ActMode` (or its integer value).
+        layers: names of the layers whose output quantizers to set; None sets all.
+
+    Raises:
+        ValueError: ``mode`` is not an ActMode, or ``layers`` names a layer that is not
+            quantized.
+    """
     mode = ActMode(mode)
     for wrapper in _select(model, layers):
         for _, variables in output_quantizers(wrapper):
@@ -57,7 +77,14 @@ def set_activation_mode(model, mode: ActMode, layers: Iterable[str] | None = Non
 
 
 def weight_modes(model) -> dict[str, Mode]:
-    """Layer name -> the mode of its (first) weight quantizer."""
+    """The current weight mode of every quantized kernel layer.
+
+    Args:
+        model: a quantized model.
+
+    Returns:
+        Layer name -> the :class:`uniq_tf.Mode` of its (first) weight quantizer.
+    """
     return {
         w.layer.name: Mode(int(weight_quantizers(w)[0][2]["mode"].numpy()))
         for w in kernel_wrappers(model)
@@ -65,6 +92,14 @@ def weight_modes(model) -> dict[str, Mode]:
 
 
 def activation_modes(model) -> dict[str, ActMode]:
+    """The current mode of every activation quantizer.
+
+    Args:
+        model: a quantized model.
+
+    Returns:
+        Layer name -> the :class:`uniq_tf.ActMode` of its output quantizer.
+    """
     out = {}
     for wrapper in wrappers(model):
         for _, variables in output_quantizers(wrapper):
@@ -77,8 +112,20 @@ def calibrate_activations(model, data, steps: int | None = None, verbose: bool =
 
     TFMOT's moving-average quantizer starts at [-6, 6] and moves with decay 0.999, too slowly
     for a short fine-tune at low bit widths; calibrating first starts it at the data's range.
-    ``data``: any form of :mod:`uniq_tf.inputs` (an array of inputs is run in batches of
-    ``CALIBRATION_BATCH``). ``steps`` counts batches. Returns layer name -> (min, max).
+    Args:
+        model: a quantized model.
+        data: inputs in any form of :mod:`uniq_tf.inputs` (an array is run in batches of
+            ``CALIBRATION_BATCH``); labels, if given, are ignored.
+        steps: batches to run (None: all of ``data``).
+        verbose: show a progress bar.
+
+    Returns:
+        Layer name -> (min, max) of its activation quantizer after calibration.
+
+    Raises:
+        ValueError: ``steps`` is not a positive integer, or ``data`` gave no batch (the old
+            ranges and modes are kept).
+        TypeError: ``data`` is none of the accepted forms.
     """
     bad_steps = isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1
     if steps is not None and bad_steps:

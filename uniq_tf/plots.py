@@ -186,7 +186,12 @@ def plot_tradeoff(
             224x224, see :func:`published_points`); they join the Pareto front.
         budget: BOPs budget(s), e.g. given to ``uniq_tf.allocate_bits``, drawn as dotted
             vertical lines.
-    Returns: ``path`` as a string.
+    Returns:
+        ``path`` as a string.
+
+    Raises:
+        ValueError: ``path`` does not end in .png, a point is malformed, or there is
+            nothing to plot.
     """
     path = os.fspath(path)
     if not path.lower().endswith(".png"):
@@ -229,7 +234,11 @@ def plot_plan(report: bops.BopsReport, path: str | os.PathLike) -> str:
         report: ``uniq_tf.summary(model, ..., layer_bits=plan, max_bops=...)`` or the
             summary of a quantized model.
         path: the PNG to write, atomically.
-    Returns: ``path`` as a string.
+    Returns:
+        ``path`` as a string.
+
+    Raises:
+        ValueError: ``path`` does not end in .png, or the report has no kernel layer.
     """
     path = os.fspath(path)
     if not path.lower().endswith(".png"):

@@ -84,7 +84,14 @@ def register_layer(
 
 
 def unregister_layer(layer_type: type) -> None:
-    """Undoes :func:`register_layer` for ``layer_type`` (a KeyError if it was not registered)."""
+    """Undoes :func:`register_layer`.
+
+    Args:
+        layer_type: a layer type given to :func:`register_layer`.
+
+    Raises:
+        KeyError: ``layer_type`` was not registered.
+    """
     del _REGISTERED[layer_type]
 
 
