@@ -197,6 +197,7 @@ class GraphBuilder:
         self.initializers: list = []
         self.layers: list[ComputeLayer] = []
         self.finn_notes: list[str] = []  # parts FINN's build will not map, and why
+        self.pad_notes: dict[str, str] = {}  # Pad output -> its note, unless fold_pads folds it
         self._used = Counter()
 
     # ------------------------------------------------------------------ primitives
@@ -509,11 +510,37 @@ class GraphBuilder:
         pads = self.const(f"{layer.name}_pads", [0, 0, top, left, 0, 0, bottom, right],
                           np.int64)
         out = self.op("Pad", [x.name, pads], layer.name, mode="constant")
-        self.finn_notes.append(
+        self.pad_notes[out] = (
             f"{layer.name!r}: FINN 1.6.1's InferFMPadding stops the build at a standalone Pad "
-            "(it reads an axes input, which an opset-11 Pad does not have); give the next "
-            "convolution padding='same' instead of a ZeroPadding2D")
+            "(it reads an axes input, which an opset-11 Pad does not have); only a "
+            "ZeroPadding2D that feeds convolutions alone is folded into their pads")
         return self._like(x, out, "Pad", kshape=(1, h + top + bottom, w + left + right, c))
+
+    def fold_pads(self) -> None:
+        """Folds every Pad whose consumers are all Conv nodes into their ``pads`` (a
+        ZeroPadding2D before a "valid" conv, as in models.resnet20's strided convs): FINN 1.6.1
+        stops at a standalone opset-11 Pad. Any other Pad stays, named in finn_notes."""
+        initializers = {t.name: t for t in self.initializers}
+        consumers: dict[str, list] = {}
+        for node in self.nodes:
+            for name in node.input:
+                consumers.setdefault(name, []).append(node)
+        for pad in [n for n in self.nodes if n.op_type == "Pad"]:
+            users = consumers.get(pad.output[0], [])
+            if not users or any(u.op_type != "Conv" for u in users):
+                if pad.output[0] in self.pad_notes:
+                    self.finn_notes.append(self.pad_notes[pad.output[0]])
+                continue
+            widths = numpy_helper.to_array(initializers[pad.input[1]]).tolist()
+            extra = widths[2:4] + widths[6:8]  # NCHW [0, 0, t, l, 0, 0, b, r] -> [t, l, b, r]
+            for conv in users:
+                attr = next(a for a in conv.attribute if a.name == "pads")
+                summed = [int(p) + int(e) for p, e in zip(attr.ints, extra, strict=True)]
+                del attr.ints[:]
+                attr.ints.extend(summed)
+                conv.input[0] = pad.input[0]
+            self.nodes.remove(pad)
+            self.initializers.remove(initializers[pad.input[1]])
 
     def _rescale(self, layer, x: Tensor) -> Tensor:
         y = self.op("Mul", [x.name, self.const(f"{layer.name}_scale", float(layer.scale))],
@@ -553,6 +580,7 @@ def build_graph(
     builder._used[INPUT_NAME] += 1
     quantized = builder.quant(x, input_quant, "input_quant")
     out = builder.build(stripped, quantized)
+    builder.fold_pads()
     # Name the graph output "output" by renaming the producing node's output.
     for node in builder.nodes:
         node.output[:] = [OUTPUT_NAME if o == out.name else o for o in node.output]

@@ -495,15 +495,26 @@ def test_failed_export_leaves_old_bundle_and_no_partial_files(trained, tmp_path,
     assert sorted(os.listdir(tmp_path)) == ["bundle"]
 
 
-def test_zero_padding_is_named_in_finn_notes(tmp_path):
-    """FINN 1.6.1 crashed on the Pad of a ZeroPadding2D (seen with models.resnet20)."""
+def test_zero_padding_is_folded_into_the_conv(tmp_path):
+    """FINN 1.6.1 crashed on the standalone Pad of a ZeroPadding2D (seen with models.resnet20):
+    one that feeds convolutions only becomes their pads; any other stays, named in
+    finn_notes."""
     inp = keras.Input((8, 8, 1))
     h = L.ZeroPadding2D(1, name="pad")(L.ReLU(name="relu")(L.Conv2D(4, 3, name="conv")(inp)))
     model = uniq_tf.quantize_model(keras.Model(inp, L.Conv2D(2, 3, strides=2, name="c2")(h)), 4,
                                    8)
-    with pytest.warns(UserWarning, match="'pad': FINN 1.6.1's InferFMPadding"):
-        result = fpga_export.export_finn(model, tmp_path / "b", cost_check=False)
-    assert not result.descriptor["finn_compatible"]
+    result = fpga_export.export_finn(model, tmp_path / "b", cost_check=False)
+    graph = ModelWrapper(str(tmp_path / "b" / "model.onnx")).graph
+    assert "Pad" not in {n.op_type for n in graph.node}
+    (conv,) = [n for n in graph.node if n.op_type == "Conv" and n.name.startswith("c2")]
+    assert list(next(a for a in conv.attribute if a.name == "pads").ints) == [1, 1, 1, 1]
+    assert not result.descriptor["finn_notes"]
     x = np.random.default_rng(0).integers(0, 256, (4, 8, 8, 1)).astype(np.float32) / 255
     assert_same_function(check.grid_snapped_model(model, tmp_path / "b").predict(x, verbose=0),
                          check.predict(tmp_path / "b", x).transpose(0, 2, 3, 1))
+
+    pooled = L.MaxPooling2D(2, name="pool")(h)
+    model = uniq_tf.quantize_model(keras.Model(inp, [pooled]), 4, 8)
+    with pytest.warns(UserWarning, match="'pad': FINN 1.6.1's InferFMPadding"):
+        result = fpga_export.export_finn(model, tmp_path / "p", cost_check=False)
+    assert not result.descriptor["finn_compatible"]
