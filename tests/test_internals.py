@@ -2,6 +2,7 @@
 LiteRT the package reads, checked against the pinned TensorFlow so that an upgrade that moves
 one fails here, by name."""
 
+import numpy as np
 import pytest
 
 import uniq_tf
@@ -132,3 +133,20 @@ def test_quantize_annotate_type_is_what_tfmot_annotates_with():
 
     annotated = tfmot.quantization.keras.quantize_annotate_layer(L.Dense(2))
     assert type(annotated) is internals.quantize_annotate_type()
+
+
+def test_set_calibrate_only_makes_the_converter_return_the_calibrated_float_model():
+    from uniq_tf._keras import tf
+
+    model = keras.Sequential([keras.Input((4,)), L.Dense(2, activation="relu")])
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([np.ones((1, 4), "float32")] for _ in range(4))
+    internals.set_calibrate_only(converter)
+    content = converter.convert()
+    from tflite_export import runtime
+
+    details = runtime.load(content, inspect=True).get_tensor_details()
+    assert all(d["dtype"] == np.float32 for d in details)  # float, not int8: stopped early
+    with pytest.raises(AttributeError, match="_experimental_calibrate_only"):
+        internals.set_calibrate_only(object())

@@ -137,7 +137,7 @@ def quantize_with_learned_ranges(
 ) -> tuple[bytes, list[RangeUse]]:
     """Steps 1-2 of the module docstring for a converter set up for full-integer int8."""
     mlir_quantize = _tflite_internals()[1]
-    converter._experimental_calibrate_only = True
+    internals.set_calibrate_only(converter)
     calibrated = converter.convert()
     edited, uses = override_ranges(calibrated, learned)
     quantized = mlir_quantize(edited, input_data_type=io_type, output_data_type=io_type)

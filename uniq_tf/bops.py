@@ -33,7 +33,7 @@ import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from uniq_tf import atomic, quantize, registry
+from uniq_tf import atomic, internals, quantize, registry
 from uniq_tf._keras import keras, require_keras2_model, tf
 from uniq_tf.bitwidths import (
     FLOAT_BITS,
@@ -386,7 +386,7 @@ def summary(
 
 
 def _check_priceable(model, where: str) -> None:
-    if not model.built or not getattr(model, "_is_graph_network", False):
+    if not model.built or not internals.is_graph_network(model):
         raise ValueError(
             f"{where} ({type(model).__name__}) has no graph with known shapes: it is "
             f"{'not built' if not model.built else 'subclassed or built without an Input'}. "

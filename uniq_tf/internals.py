@@ -100,6 +100,14 @@ def is_network_node(model, layer, node_index: int) -> bool:
 # --- LiteRT / TFLite interpreter --------------------------------------------------------------
 
 
+def set_calibrate_only(converter) -> None:
+    """Makes a ``TFLiteConverter`` stop after calibration: ``convert()`` then returns the float
+    model with the recorded min/max of every tensor (what ``ranges="learned"`` edits)."""
+    if not hasattr(converter, "_experimental_calibrate_only"):
+        raise _missing(converter, "_experimental_calibrate_only")
+    converter._experimental_calibrate_only = True
+
+
 def interpreter_ops(interpreter) -> list[dict]:
     """The operators of a TFLite interpreter (dicts with ``inputs``, ``outputs``, ``op_name``)."""
     return list(_read(interpreter, "_get_ops_details")())
@@ -115,6 +123,7 @@ __all__ = [
     "keras_history",
     "nodes_by_depth",
     "quantize_annotate_type",
+    "set_calibrate_only",
     "wrapper_output_quantizer_vars",
     "wrapper_output_quantizers",
     "wrapper_weight_vars",

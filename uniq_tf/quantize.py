@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow_model_optimization as tfmot
 
-from uniq_tf import kquantile, registry
+from uniq_tf import internals, kquantile, registry
 from uniq_tf._keras import keras, require_keras2_model, tf
 from uniq_tf.quantize_config import ActivationQuantizeConfig, KernelQuantizeConfig
 from uniq_tf.quantizers import (
@@ -45,7 +45,7 @@ def _is_nested_model(layer) -> bool:
 
 
 def _check_graph_model(model, where: str) -> None:
-    if not isinstance(model, keras.Sequential) and not getattr(model, "_is_graph_network", False):
+    if not isinstance(model, keras.Sequential) and not internals.is_graph_network(model):
         raise ValueError(
             f"{where} is a subclassed tf_keras.Model ({type(model).__name__}); uniq_tf can "
             "quantize Sequential and Functional models only. Rebuild it with the Functional API."
@@ -326,23 +326,24 @@ def weight_quantizers(wrapper) -> list[tuple[str, KQuantileWeightQuantizer, dict
     attrs = list(config.weight_quantizers)
     return [
         (attr, quantizer, variables)
-        for attr, (_, quantizer, variables) in zip(attrs, wrapper._weight_vars, strict=False)
+        for attr, (_, quantizer, variables) in zip(
+            attrs, internals.wrapper_weight_vars(wrapper), strict=False)
     ]
 
 
 def output_quantizers(wrapper) -> list[tuple[SwitchableActivationQuantizer, dict]]:
     """(quantizer, its variables) of ``wrapper``'s output; TFMOT supports at most one."""
-    quantizers = getattr(wrapper, "_output_quantizers", None)
+    quantizers = internals.wrapper_output_quantizers(wrapper)
     if not quantizers or not isinstance(quantizers[0], SwitchableActivationQuantizer):
         return []
-    return [(quantizers[0], wrapper._output_quantizer_vars)]
+    return [(quantizers[0], internals.wrapper_output_quantizer_vars(wrapper))]
 
 
 def float_kernel(wrapper, attr: str = "kernel") -> tf.Variable:
     """The float variable behind a quantized kernel attribute (``wrapper.layer.<attr>`` holds the
     quantized tensor of the last call instead)."""
     names = wrapper.quantize_config.weight_quantizers
-    for (variable, _, _), name in zip(wrapper._weight_vars, names, strict=True):
+    for (variable, _, _), name in zip(internals.wrapper_weight_vars(wrapper), names, strict=True):
         if name == attr:
             return variable
     raise KeyError(f"layer {wrapper.layer.name!r} has no quantized weight {attr!r}")
