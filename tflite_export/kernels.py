@@ -124,7 +124,16 @@ def find_shared_kernel(
 def check_kernels(
     model: runtime.ModelSource, codebooks: dict[str, Codebook]
 ) -> dict[str, KernelCheck]:
-    """Codebook key -> :class:`KernelCheck` for the TFLite file or flatbuffer ``model``."""
+    """Finds each quantized kernel in a TFLite file and checks it holds its codebook values.
+
+    Args:
+        model: a .tflite path, its bytes, or a loaded interpreter.
+        codebooks: ``uniq_tf.get_codebooks`` of the model the file was exported from.
+
+    Returns:
+        Codebook key -> :class:`KernelCheck` (the tensor found, distinct values per channel,
+        whether they are within 2^b and match the codebook).
+    """
     constants = runtime.constant_tensors(runtime.load(model, inspect=True))
     out = {}
     for key, codebook in codebooks.items():

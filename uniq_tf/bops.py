@@ -348,8 +348,20 @@ def summary(
     Args:
         model: a built tf_keras Sequential/Functional model with a fixed input shape.
         input_bits: the width of the model input (8 for image data), 1..32.
+        weight_bits, activation_bits, layer_bits, skip_layers, per_channel: a float model's
+            plan, as for ``uniq_tf.quantize_model`` (not allowed for a quantized model).
         max_bops, max_weight_bytes: budgets (e.g. those given to ``uniq_tf.allocate_bits``)
             the table's totals are shown against.
+
+    Returns:
+        A :class:`BopsReport`: one row per layer call, totals (``total_bops``,
+        ``total_bops_simple``, ``total_macs``, ``total_weight_memory_bits``), ``to_json``,
+        ``to_csv`` and ``table()``.
+
+    Raises:
+        TypeError: ``model`` is not a tf_keras model.
+        ValueError: the model has no graph with known shapes, holds another library's quantize
+            wrappers, is quantized and bit arguments were given, or an argument is invalid.
     """
     model = require_keras2_model(model)
     _check_priceable(model, f"model {model.name!r}")

@@ -238,6 +238,17 @@ def quantize_model(
             section 4), "paper" (the paper's noise, u + e clipped to [1e-5, 1 - 1e-5]) or
             "bin_matched" (additive noise drawn from the hard quantizer's error in the
             weight's bin).
+
+    Returns:
+        A new tf_keras model (the input model is not changed) whose quantized layers are
+        TFMOT ``QuantizeWrapperV2`` layers named as before; compile and train it as usual.
+
+    Raises:
+        TypeError: ``model`` is not a tf_keras model (a Keras 3 model gets advice).
+        ValueError: the model is subclassed or unbuilt, holds NaN or inf weights, is already
+            quantized, or has no layer UNIQ quantizes; a bit width, ``distribution``, ``noise``,
+            ``layer_bits`` entry or ``skip_layers`` name is invalid (each error names the
+            layer and the allowed values).
     """
     model = require_keras2_model(model)
     _check_graph_model(model, f"model {model.name!r}")
@@ -278,7 +289,14 @@ def quantize_model(
 
 
 def quantize_scope(*args):
-    """The scope needed to load a saved quantized model (TFMOT's scope plus our classes)."""
+    """The scope needed to load a saved quantized model (TFMOT's scope plus our classes).
+
+    Args:
+        *args: dicts of further custom objects (e.g. your own layer classes), by name.
+
+    Returns:
+        A context manager: ``with uniq_tf.quantize_scope(): keras.models.load_model(path)``.
+    """
     custom = {
         "KQuantileWeightQuantizer": KQuantileWeightQuantizer,
         "SwitchableActivationQuantizer": SwitchableActivationQuantizer,
@@ -350,6 +368,14 @@ def float_kernel(wrapper, attr: str = "kernel") -> tf.Variable:
 
 
 def is_quantized_model(model) -> bool:
+    """True when ``model`` holds at least one UNIQ-quantized kernel layer.
+
+    Args:
+        model: a tf_keras model.
+
+    Returns:
+        Whether ``uniq_tf.quantize_model`` (or ``quantize_apply``) made it.
+    """
     return bool(kernel_wrappers(model))
 
 
@@ -392,8 +418,19 @@ def _codebook_key(wrapper, attr) -> str:
 
 
 def get_codebooks(model) -> dict[str, Codebook]:
-    """Per quantized kernel (key: layer name, or "layer/attribute" for a layer with two
-    quantized kernels: a wrapped SeparableConv2D of a model saved before uniq_tf split them)."""
+    """The codebook of every quantized kernel, computed from its float weights.
+
+    Args:
+        model: a quantized model.
+
+    Returns:
+        Key -> :class:`Codebook` (levels and every weight's index), in forward order. The key is
+        the layer name, or "layer/attribute" for a layer with two quantized kernels (a wrapped
+        SeparableConv2D of a model saved before uniq_tf split them).
+
+    Raises:
+        ValueError: a quantized kernel holds NaN or inf (the error names the layer).
+    """
     model = require_keras2_model(model)
     check_finite_weights(model)
     out = {}
@@ -454,7 +491,14 @@ def set_grid_bits(model, bits: int | None, layers: Iterable[str] | None = None) 
 
 
 def get_activation_ranges(model) -> dict[str, tuple[float, float, int]]:
-    """Layer name -> (min, max, bits) learned by each activation quantizer."""
+    """The ranges the activation quantizers learned (or were calibrated to).
+
+    Args:
+        model: a quantized model.
+
+    Returns:
+        Layer name -> (min, max, bits) of its activation quantizer.
+    """
     out = {}
     for wrapper in wrappers(model):
         for quantizer, variables in output_quantizers(wrapper):
@@ -466,9 +510,18 @@ def get_activation_ranges(model) -> dict[str, tuple[float, float, int]]:
 
 
 def strip_quantization(model):
-    """A plain tf_keras model with the same layer names whose quantized kernels hold exactly
-    their codebook values (hard quantization, whatever mode the layers were in), activations in
-    float, and every other weight copied. The base of every exporter.
+    """The deployable float model: hard quantization, whatever mode the layers were in.
+
+    Args:
+        model: a quantized model.
+
+    Returns:
+        A plain tf_keras model with the same layer names whose quantized kernels hold exactly
+        their codebook values, activations in float, and every other weight copied. The base
+        of every exporter.
+
+    Raises:
+        ValueError: ``model`` has no quantized layer, or a quantized kernel holds NaN or inf.
     """
     model = require_keras2_model(model)
     if not is_quantized_model(model):
