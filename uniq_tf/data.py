@@ -81,10 +81,18 @@ DATASETS = ("digits", *TFDS_DATASETS)
 
 
 def load_digits(test_fraction: float = 0.25, seed: int = 0):
-    """scikit-learn's digits as numpy (x_train, y_train, x_test, y_test).
+    """scikit-learn's bundled digits (1,797 8x8 images; no download), split for training.
 
-    x: (N, 8, 8, 1) float32 in [0, 1] (pixel counts 0..16 divided by 16); y: int32 labels 0..9.
-    The split is stratified by class; ``seed`` fixes it (seed 0 = the tests' digits fixture).
+    Args:
+        test_fraction: the share of images in the test split, in (0, 1).
+        seed: fixes the stratified split (seed 0 = the tests' digits fixture).
+
+    Returns:
+        (x_train, y_train, x_test, y_test): x (N, 8, 8, 1) float32 in [0, 1] (pixel counts
+        0..16 divided by 16); y int32 labels 0..9.
+
+    Raises:
+        ValueError: ``test_fraction`` is outside (0, 1).
     """
     from sklearn.datasets import load_digits as sklearn_digits
     from sklearn.model_selection import train_test_split
@@ -192,6 +200,13 @@ def get_dataset(
         augment: random crops (and flips, except digits) for training; see the module doc.
         shuffle: shuffle examples every epoch (default: True for "train").
         normalization: one of NORMALIZATIONS for the RGB data sets; digits stay in [0, 1].
+        batch_size: examples per batch.
+        seed: fixes shuffling and augmentation (see the module doc for what repeats exactly).
+
+    Returns:
+        (dataset, info): batches of (images, labels), and a :class:`DatasetInfo` (classes,
+        input shape, number of examples).
+
     Raises:
         ValueError: unknown name or split, bad arguments, or data_dir without the data.
     """

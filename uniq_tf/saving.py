@@ -62,9 +62,16 @@ def warn_on_keras_format(model):
 
 
 def save_quantized(model, path: str | os.PathLike, overwrite: bool = True) -> None:
-    """Saves a quantized ``model`` where :func:`load_quantized` can load it back: as .h5 when
-    ``path`` ends in .h5 or .hdf5, else as a SavedModel directory. A .keras path is a
-    ValueError (the format cannot load a quantized model back)."""
+    """Saves a quantized ``model`` where :func:`load_quantized` can load it back.
+
+    Args:
+        model: a quantized model.
+        path: a file ending in .h5 or .hdf5 (HDF5), else a SavedModel directory.
+        overwrite: replace what is at ``path``.
+
+    Raises:
+        ValueError: ``path`` ends in .keras (the format cannot load a quantized model back).
+    """
     path = os.fspath(path)
     if is_keras_format(path):
         raise ValueError(
@@ -78,9 +85,21 @@ def save_quantized(model, path: str | os.PathLike, overwrite: bool = True) -> No
 
 
 def load_quantized(path: str | os.PathLike):
-    """The model saved at ``path`` (.h5 file or SavedModel directory), loaded inside
-    :func:`uniq_tf.quantize_scope` without its optimizer state (``compile=False``); a
-    quantized model's ``save`` warns about the .keras format (:func:`warn_on_keras_format`)."""
+    """Loads a model saved by ``model.save`` or :func:`save_quantized`.
+
+    Args:
+        path: a .h5 file or a SavedModel directory.
+
+    Returns:
+        The model, loaded inside :func:`uniq_tf.quantize_scope` without its optimizer state
+        (``compile=False``); a quantized model's ``save`` warns about the .keras format
+        (:func:`warn_on_keras_format`).
+
+    Raises:
+        FileNotFoundError: nothing is at ``path``.
+        ValueError: ``path`` is a .keras file (which cannot hold a quantized model), or Keras
+            could not load it.
+    """
     from uniq_tf.quantize import is_quantized_model, quantize_scope
 
     path = os.fspath(path)

@@ -192,11 +192,20 @@ def file_name(key: str) -> str:
 def plot_weight_histograms(
     model, path_or_dir: str | os.PathLike, layers: Iterable[str] | None = None
 ) -> list[Path]:
-    """Writes the histograms of the quantized kernels (``layers``: names or codebook keys,
-    None for all) and returns the paths written, in forward order.
+    """Draws each quantized kernel's weights with its quantile thresholds and codebook levels.
 
-    ``path_or_dir`` ending in ".png": one grid PNG with a panel per kernel. Otherwise a
-    directory (created if needed) with one PNG per kernel, named by :func:`file_name`.
+    Args:
+        model: a quantized model.
+        path_or_dir: a path ending in ".png" for one grid PNG with a panel per kernel;
+            otherwise a directory (created if needed) with one PNG per kernel, named by
+            :func:`file_name`.
+        layers: names or codebook keys of the kernels to draw; None draws all.
+
+    Returns:
+        The paths written, in forward order.
+
+    Raises:
+        ValueError: ``layers`` names a kernel the model does not quantize.
     """
     target = Path(path_or_dir)
     hists = kernel_histograms(model, layers)
