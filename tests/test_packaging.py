@@ -76,3 +76,43 @@ def test_pip_install_in_a_fresh_venv_then_the_commands_run(tmp_path):
           "--calibration_steps=1", "--verbose=0", f"--output_dir={out}"], tmp_path)
     assert {"float_model.h5", "quantized_model.h5", "summary.json", "bops.txt"} <= {
         p.name for p in out.iterdir()}
+
+
+def _python(code: str, **env) -> str:
+    base = {k: v for k, v in os.environ.items()
+            if k not in ("TF_USE_LEGACY_KERAS", "TF_CPP_MIN_LOG_LEVEL")}
+    base.update(CUDA_VISIBLE_DEVICES="", **env)
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=base,
+                            capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout.strip().splitlines()[-1] + "\n" + result.stderr
+
+
+def test_environment_variables_are_set_only_when_unset():
+    show = ("import os, uniq_tf; m = uniq_tf.keras.Sequential([uniq_tf.keras.Input((3,)), "
+            "uniq_tf.keras.layers.Dense(2)]); q = uniq_tf.quantize_model(m, 4, 8); "
+            "print(os.environ['TF_USE_LEGACY_KERAS'], os.environ['TF_CPP_MIN_LOG_LEVEL'], "
+            "uniq_tf.is_quantized_model(q))")
+    assert _python(show).startswith("1 2 True")
+    # A user's choice survives (TFMOT overwrites TF_USE_LEGACY_KERAS while it loads), and
+    # uniq_tf still works: it uses tf_keras whatever tf.keras is.
+    assert _python(show, TF_USE_LEGACY_KERAS="0", TF_CPP_MIN_LOG_LEVEL="1").startswith(
+        "0 1 True")
+
+
+def test_keras3_imported_first_is_named_at_import():
+    out = _python("import keras, tensorflow as tf; tf.keras.Sequential; import uniq_tf; "
+                  "print(uniq_tf.keras.__name__)")
+    assert out.startswith("tf_keras")
+    assert "imported with Keras 3 active before uniq_tf" in out
+
+
+def test_submodules_are_attributes_and_the_heavy_ones_load_lazily():
+    out = _python("import sys, uniq_tf; lazy = [m for m in ('uniq_tf.training', 'uniq_tf.cli', "
+                  "'uniq_tf.visualize') if m in sys.modules]; "
+                  "print(lazy, uniq_tf.keras.__name__, uniq_tf.training.__name__, "
+                  "callable(uniq_tf.visualize.plot_weight_histograms), "
+                  "uniq_tf.saving.load_quantized.__name__)")
+    assert out.startswith("[] tf_keras uniq_tf.training True load_quantized")
+    with pytest.raises(AttributeError, match="no attribute 'nonexistent'"):
+        uniq_tf.nonexistent  # noqa: B018
