@@ -223,6 +223,32 @@ def test_given_codebooks_replace_the_models(tmp_path):
                                 **DIGITS_INPUT)
 
 
+@pytest.mark.parametrize("bits", [2, 4])
+def test_uniform_baseline_exports_what_tfmot_computes(bits, tmp_path):
+    """bench/fpga.py's uniform baseline: a TFMOT uniform QAT model moved into a UNIQ layout
+    exports at B = b (b + 1 for the 2-bit full range), its logits TFMOT's own."""
+    from bench import fpga, peers
+
+    inp = keras.Input((6, 6, 1))
+    h = keras.layers.ReLU(name="relu")(keras.layers.Conv2D(8, 3, name="conv")(inp))
+    float_model = keras.Model(inp, keras.layers.Dense(3, name="fc")(keras.layers.Flatten()(h)))
+    x = np.random.default_rng(0).integers(0, 17, (64, 6, 6, 1)).astype(np.float32) / 16
+    uniform = peers.uniform_qat(float_model, bits, 8)
+    peers.set_uniform_ranges(uniform)
+    uniq_tf.calibrate_activations(uniform, [x], verbose=False)
+    layout, codebooks = fpga.uniq_layout(uniform, float_model, bits)
+    for key, codebook in codebooks.items():  # TFMOT's quantized kernel, on its own grid
+        (kernel,) = [w for w in layout.weights if w.name == f"{key}/kernel:0"]
+        np.testing.assert_allclose(codebook.dequantize(), kernel.numpy(), atol=1e-6)
+        steps = np.diff(codebook.levels, axis=1)
+        assert np.allclose(steps[:, :2**bits - 2], steps[:, :1], rtol=1e-5)
+    result = fpga_export.export_finn(layout, tmp_path / "u", codebooks=codebooks, **DIGITS_INPUT)
+    assert {row["weight_grid_bits"] for row in result.descriptor["layers"]} == {
+        bits + (bits == 2)}
+    compared = check.compare(uniform.predict(x, verbose=0), check.predict(tmp_path / "u", x))
+    assert compared["top1_agreement"] >= 0.98 and compared["max_abs_diff"] <= 0.05, compared
+
+
 def test_grid_aware_fine_tune_gives_parity_at_b_plus_1(trained, digits, tmp_path):
     x_train, y_train, x_test, y_test = digits
     model = _copy(trained)
