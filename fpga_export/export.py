@@ -330,8 +330,8 @@ def export_finn(
             per layer the grid it was fine-tuned on (``uniq_tf.set_grid_bits``), else the
             smallest B >= its index width that represents its codebook within
             ``grid_tolerance`` of the smallest level gap (fpga_export.grid; B = 10 for the
-            4-bit demo model, where "auto" or a fine-tune on the 5-bit grid keep its accuracy
-            at B <= 5, docs/benchmarks.md section 6).
+            4-bit demo model, where a fine-tune on the 4- or 5-bit grid keeps its accuracy
+            at that B and "auto" picks 4-6 per layer, docs/benchmarks.md section 6).
         target_fps: frames per second the folding config aims at; None for PE = SIMD = 1.
         board: a FINN board name (fpga_export.bundle.BOARDS), default "Pynq-Z1".
         overwrite: replace a non-empty ``out_dir``.
