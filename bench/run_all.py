@@ -194,8 +194,8 @@ def _run(args, mode: str, only: list[str], output_dir: str) -> dict:
     return run_info
 
 
-# Sections of benchmarks that run by hand (bench/allocation.py, bench/pipeline.py; bench/fpga.py needs FINN's own
-# environment): a full run keeps them as they are in the page it replaces.
+# Sections of benchmarks that run by hand (bench/allocation.py, bench/pipeline.py; bench/fpga.py
+# needs FINN's own environment): a full run keeps them as they are in the page it replaces.
 HAND_RUN_SECTIONS = ("allocation", "fpga", "pipeline")
 
 

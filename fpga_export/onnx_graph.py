@@ -30,6 +30,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from fpga_export.actquant import QuantParams
 from fpga_export.grid import IntegerGrid
+from uniq_tf import internals
 from uniq_tf._keras import keras, tf
 from uniq_tf.quantize import Codebook
 
@@ -124,7 +125,7 @@ def activation_kind(layer) -> str | None:
 def unsupported_reason(layer) -> str | None:
     """Why ``layer`` cannot be exported, or None when it can."""
     kind = type(layer).__name__
-    if len(getattr(layer, "_inbound_nodes", ())) > 1:
+    if len(internals.inbound_nodes(layer)) > 1:
         return f"{kind} called more than once (shared layer)"
     if isinstance(layer, (L.SeparableConv2D, L.Conv2DTranspose, L.Conv1D, L.Conv3D)):
         return kind
@@ -166,7 +167,7 @@ def _onnx_name(text: str) -> str:
 
 
 def _history_key(tensor) -> tuple:
-    layer, node_index, tensor_index = tensor._keras_history
+    layer, node_index, tensor_index = internals.keras_history(tensor)
     return id(layer), node_index, tensor_index
 
 
@@ -254,8 +255,9 @@ class GraphBuilder:
                 x = self._call(layer, x)
             return x
         env = {_history_key(t): v for t, v in zip(model.inputs, inputs, strict=True)}
-        for depth in sorted(model._nodes_by_depth, reverse=True):
-            for node in model._nodes_by_depth[depth]:
+        by_depth = internals.nodes_by_depth(model)
+        for depth in sorted(by_depth, reverse=True):
+            for node in by_depth[depth]:
                 if node.is_input:
                     continue
                 outs = self._call(node.layer, [env[_history_key(t)] for t in node.keras_inputs])
