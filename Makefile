@@ -20,7 +20,7 @@ $(STAMP): requirements.txt pyproject.toml
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/uniq-train --output_dir=$(OUT)/train
+	$(BIN)/uniq-train --output_dir=$(OUT)/train --grid_bits=5
 	$(BIN)/uniq-export-tflite --model=$(OUT)/train/quantized_model.h5 \
 		--output_dir=$(OUT)/tflite --dataset=digits
 	$(BIN)/uniq-export-finn --model=$(OUT)/train/quantized_model.h5 \

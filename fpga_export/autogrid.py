@@ -29,6 +29,7 @@ import numpy as np
 
 from fpga_export import check, grid
 from fpga_export.actquant import QuantParams
+from uniq_tf import inputs
 from uniq_tf._keras import keras
 
 METRICS = ("agreement", "accuracy", "loss")
@@ -37,6 +38,7 @@ SEARCH = ("greedy per layer in forward order from the fallback widths; for each 
           "smallest width >= max(b, 2) within tolerance, the other layers at their current "
           "widths; scored with the Keras grid-snapped reference (fpga_export.check)")
 _BATCH = 256
+_WHOLE = 1 << 62  # arrays are taken whole
 
 
 @dataclass
@@ -68,12 +70,17 @@ class _Scorer:
 
 
 def _split(data) -> tuple[np.ndarray, np.ndarray | None]:
-    if isinstance(data, (tuple, list)):
-        if len(data) != 2:
-            raise ValueError(
-                f"validation_data must be inputs x or a pair (x, y), got {len(data)} items")
-        return np.asarray(data[0], np.float32), np.asarray(data[1])
-    return np.asarray(data, np.float32), None
+    """(x, y or None) as whole arrays from ``data`` in any form of :mod:`uniq_tf.inputs`."""
+    xs, ys = [], []
+    for x, y in inputs.batches(data, _WHOLE, "validation_data"):
+        xs.append(np.asarray(x, np.float32))
+        ys.append(None if y is None else np.asarray(y))
+    if not xs:
+        return np.zeros((0,), np.float32), None
+    labelled = [y is not None for y in ys]
+    if any(labelled) and not all(labelled):
+        raise ValueError("validation_data: some batches have labels and some do not.")
+    return np.concatenate(xs), (np.concatenate(ys) if all(labelled) else None)
 
 
 def _scorer(model, x, y, metric: str, tolerance: float) -> _Scorer:
@@ -111,7 +118,8 @@ def choose_grid_bits(
         codebooks: ``uniq_tf.get_codebooks(model)``.
         fallback: codebook key -> the grid the search starts from.
         input_quant: the bundle's input quantizer.
-        data: inputs x, or a pair (x, y) (labels for "accuracy" and "loss").
+        data: inputs in any form of :mod:`uniq_tf.inputs`: x, an (x, y) tuple (labels for
+            "accuracy" and "loss"), a tf.data.Dataset or an iterable of batches.
         tolerance: how far from the Keras model the score may go (module docstring).
         metric: "agreement", "accuracy" or "loss".
 

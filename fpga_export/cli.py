@@ -10,9 +10,13 @@ folding configs, finn_steps.py, README.md), then ``<output_dir>/summary.json``. 
 digits' pixel counts 0..16 exactly, and the exported graph is run with qonnx's executor on the
 test split against the quantized Keras model and against its grid-snapped copy.
 
-Low-bit grids (issue 13): ``--weight_grid_bits=auto`` picks each layer's grid width B by
-measured top-1 agreement with the Keras model (``--validation_tolerance``; digits: on the last
-``VALIDATION_SIZE`` training images, so the test split stays unseen); ``--grid_aware_bits=B``
+Low-bit grids (issue 13): by default (``--weight_grid_bits=rule``) each layer's grid width B is
+the grid the model was trained on (``uniq-train --grid_bits=B``, as ``make demo`` does: the
+bundle then computes what the model computes), else the data-free rule (within 1 % of each
+codebook's level gap: B = 10 for 4-bit codebooks). ``--weight_grid_bits=auto`` picks each
+layer's B by top-1 agreement with the Keras model within ``--validation_tolerance`` on the last
+``VALIDATION_SIZE`` training images (the test split stays unseen; agreement on training images
+overstates agreement on new ones, see docs/benchmarks.md section 6); ``--grid_aware_bits=B``
 first fine-tunes the model for ``--grid_aware_epochs`` on the digits training split with its
 codebooks snapped to B bits (``uniq_tf.set_grid_bits``), so the bundle at B computes what the
 Keras model computes.
@@ -42,12 +46,13 @@ VALIDATION_SIZE = 360
 
 
 def _parse_grid_bits(text: str | int | None) -> int | str | None:
-    if text is None or text == "auto" or isinstance(text, int):
+    if text is None or text in ("auto", "rule") or isinstance(text, int):
         return text
     try:
         return int(text)
     except ValueError:
-        raise ValueError(f"--weight_grid_bits takes an integer or 'auto', got {text!r}") from None
+        raise ValueError(
+            f"--weight_grid_bits takes an integer, 'auto' or 'rule', got {text!r}") from None
 
 
 def grid_aware_fine_tune(model, bits: int, epochs: int, learning_rate: float) -> None:
@@ -98,9 +103,9 @@ def run(
 ) -> dict:
     """Writes the bundle of ``model_path`` under ``output_dir``; returns the summary dict.
 
-    ``weight_grid_bits``: an integer, None (data-free rule) or "auto" (digits only: measured on
-    the last VALIDATION_SIZE training images). ``grid_aware_bits``: fine-tune on that grid
-    first (digits only).
+    ``weight_grid_bits``: an integer, "rule" or None (the trained grid, else the data-free
+    rule), or "auto" (digits only: measured on the last VALIDATION_SIZE training images).
+    ``grid_aware_bits``: fine-tune on that grid first (digits only).
     """
     if dataset not in DATASETS:
         raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
@@ -119,7 +124,8 @@ def run(
                 "validation_tolerance": validation_tolerance}
     bundle_dir = os.path.join(output_dir, BUNDLE)
     result = fpga_export.export_finn(
-        model, bundle_dir, _parse_shape(input_shape), weight_grid_bits, target_fps, board,
+        model, bundle_dir, _parse_shape(input_shape),
+        None if weight_grid_bits == "rule" else weight_grid_bits, target_fps, board,
         overwrite=overwrite, **(DIGITS_INPUT if dataset == "digits" else {}), **auto,
     )
     desc = result.descriptor
@@ -182,10 +188,11 @@ def _define_flags():
     flags.DEFINE_enum("dataset", "digits", list(DATASETS),
                       "digits: exact 5-bit input quantizer and a parity check on the test split.")
     flags.DEFINE_string("input_shape", None, "height,width,channels for a dynamic-shape model.")
-    flags.DEFINE_string("weight_grid_bits", None, "Integer grid width B for every layer, or "
-                        "'auto' (per layer, by measured agreement with the Keras model); "
-                        "default: the fine-tuned grid, else the smallest within 1% of each "
-                        "codebook's level gap.")
+    flags.DEFINE_string("weight_grid_bits", None, "Integer grid width B for every layer, "
+                        "'auto' (per layer, by measured agreement with the Keras model on "
+                        "training images) or 'rule' (the default: the grid the model was "
+                        "trained on, uniq-train --grid_bits, else the smallest within 1% of "
+                        "each codebook's level gap).")
     flags.DEFINE_float("validation_tolerance", 0.005, "For 'auto': 1 - the top-1 agreement "
                        "allowed.")
     flags.DEFINE_integer("grid_aware_bits", None, "Fine-tune on this grid width first "

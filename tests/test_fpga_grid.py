@@ -272,3 +272,58 @@ def test_grid_aware_fine_tune_gives_parity_at_b_plus_1(trained, digits, tmp_path
     # Float summation order may flip an activation's rounding by a step (test_fpga_export.py).
     assert tuned["top1_agreement"] >= 0.995 and tuned["max_abs_diff"] <= 0.05, tuned
     assert np.mean(np.abs(keras_out - exported).max(axis=1) <= 1e-4) >= 0.95
+
+
+def test_the_command_measures_auto_widths_on_training_images(trained, tmp_path):
+    """uniq-export-finn --weight_grid_bits=auto (fpga_export.cli.run) measures on the last
+    VALIDATION_SIZE training images; the default is the data-free rule (B = 10 at 4 bits)."""
+    from fpga_export import cli
+
+    path = tmp_path / "q.h5"
+    trained.save(path, save_format="h5")
+    auto = cli.run(str(path), str(tmp_path / "auto"), weight_grid_bits="auto", verbose=False)
+    rule = cli.run(str(path), str(tmp_path / "rule"), verbose=False)
+    assert set(auto["grid_rules"].values()) == {"validation"}
+    assert auto["grid_selection"]["samples"] == cli.VALIDATION_SIZE
+    assert max(rule["grid_bits"].values()) == 10
+    assert np.mean(list(auto["grid_bits"].values())) < 10
+
+
+def test_auto_takes_validation_data_in_every_input_form(trained, digits, tmp_path):
+    _, _, x_test, y_test = digits
+    x, y = x_test[:200], y_test[:200]
+    forms = {"tuple": (x, y),
+             "dataset": tf.data.Dataset.from_tensor_slices((x, y)).batch(64),
+             "batches": [(x[:100], y[:100]), (x[100:], y[100:])]}
+    chosen = {}
+    for name, data in forms.items():
+        result = fpga_export.export_finn(
+            trained, tmp_path / name, validation_data=data, validation_metric="accuracy",
+            validation_tolerance=0.01, **DIGITS_INPUT)
+        selection = result.descriptor["weight_grid"]["selection"]
+        assert selection["samples"] == 200
+        chosen[name] = selection["chosen"]["bits"]
+    assert chosen["dataset"] == chosen["tuple"] == chosen["batches"]
+
+
+def test_trained_on_the_grid_the_default_export_keeps_b_plus_1_with_parity(tmp_path):
+    """make demo's path: uniq-train --grid_bits=5, then uniq-export-finn with its defaults."""
+    from fpga_export import cli
+    from uniq_tf.cli import train
+
+    config = train.TrainConfig(float_epochs=2, stages=2, epochs_per_stage=2, final_epochs=1,
+                               max_steps_per_epoch=6, calibration_steps=2, grid_bits=5,
+                               output_dir=str(tmp_path / "train"), verbose=0)
+    summary = train.run(config)
+    assert {book["grid_bits"] for book in summary["codebooks"].values()} == {5}
+    exported = cli.run(str(tmp_path / "train" / "quantized_model.h5"), str(tmp_path / "fpga"),
+                       verbose=False)
+    assert set(exported["grid_bits"].values()) == {5}
+    assert set(exported["grid_rules"].values()) == {"trained"}
+    accuracy = exported["test_accuracy"]
+    assert accuracy["exported_onnx"] == accuracy["keras_quantized"]
+    assert exported["parity_vs_quantized_keras"]["max_abs_diff"] < 1e-3
+    with pytest.raises(ValueError, match=r"grid_bits must be 0 \(no grid\) or in 4..16"):
+        train.validate_config(train.TrainConfig(grid_bits=3))
+    with pytest.raises(ValueError, match=r"in 8..16"):
+        train.validate_config(train.TrainConfig(grid_bits=5, layer_bits="fc=8:"))

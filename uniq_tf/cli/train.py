@@ -94,6 +94,9 @@ def _define_flags():
     flags.DEFINE_bool("high_noise", d.high_noise, "Noise of +-1/k instead of +-1/(2k).")
     flags.DEFINE_enum("noise", d.noise, list(NOISE_MODELS), "Training noise model "
                       "(docs/method.md, Noise models); paper = the paper's noise.")
+    flags.DEFINE_integer("grid_bits", d.grid_bits, "Train every codebook on a B-bit integer "
+                         "grid (0: none), so the FPGA export keeps B bits and matches the model "
+                         "(docs/method.md, 'Integer grid for FPGAs').")
     flags.DEFINE_string("stages", str(d.stages), '"layer", a number of stages, or explicit '
                         'groups "conv1,conv2;fc".')
     flags.DEFINE_integer("float_epochs", d.float_epochs, "Float training epochs.")

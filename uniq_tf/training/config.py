@@ -61,6 +61,7 @@ class TrainConfig:
     distribution: str = "gaussian"
     high_noise: bool = False
     noise: str = "clipped"
+    grid_bits: int = 0
     stages: str | int | list = "layer"
     float_epochs: int = 15
     warmup_epochs: int = 0
@@ -170,6 +171,23 @@ def _check_budget(config: TrainConfig) -> None:
                          "and pass the plan as --layer_bits.")
 
 
+def _check_grid_bits(config: TrainConfig) -> None:
+    """``grid_bits`` is 0 (no grid) or a width no codebook of the run is wider than."""
+    _check_int(config, "grid_bits", 0, 16)
+    if not config.grid_bits:
+        return
+    widths = [config.weight_bits] + [
+        w for w, _ in parse_layer_bits(config.layer_bits).values() if w is not None]
+    if has_budget(config):
+        widths += parse_bit_list(config.allocation_weight_bits, "allocation_weight_bits")
+    widest = max(max(widths), 2)
+    if config.grid_bits < widest:
+        raise ValueError(
+            f"grid_bits must be 0 (no grid) or in {widest}..16: the run has {max(widths)}-bit "
+            f"codebooks, which a {config.grid_bits}-bit grid cannot hold; got {config.grid_bits}"
+        )
+
+
 def parse_names(value: str | Sequence[str]) -> tuple[str, ...]:
     if isinstance(value, str):
         return tuple(n.strip() for n in value.split(",") if n.strip())
@@ -243,6 +261,7 @@ def validate_config(config: TrainConfig) -> None:
     parse_layer_bits(config.layer_bits)
     parse_stages(config.stages)
     _check_budget(config)
+    _check_grid_bits(config)
     if config.strategy == "multi_worker":
         parse_tf_config(os.environ.get("TF_CONFIG"))
     elif os.environ.get("TF_CONFIG"):

@@ -63,12 +63,18 @@ def build_float_model(config: TrainConfig, info: data.DatasetInfo) -> keras.Mode
 
 
 def quantize(config: TrainConfig, model: keras.Model) -> keras.Model:
-    return uniq_tf.quantize_model(
+    """``quantize_model`` with the run's settings; with ``grid_bits``, every hard codebook is
+    on that integer grid from the start (``uniq_tf.set_grid_bits``), so the FPGA export keeps
+    B = grid_bits and computes what the trained model computes."""
+    qmodel = uniq_tf.quantize_model(
         model, config.weight_bits, config.activation_bits,
         layer_bits=parse_layer_bits(config.layer_bits),
         skip_layers=parse_names(config.skip_layers), per_channel=config.per_channel,
         distribution=config.distribution, high_noise=config.high_noise, noise=config.noise,
     )
+    if config.grid_bits:
+        uniq_tf.set_grid_bits(qmodel, config.grid_bits)
+    return qmodel
 
 
 def make_schedule(config: TrainConfig) -> GradualQuantization:
@@ -122,13 +128,15 @@ def evaluate(model: keras.Model, test) -> float:
 
 
 def codebook_report(qmodel: keras.Model) -> dict:
-    """Per quantized kernel: bits, codebook size 2^b and the distinct values it really holds
-    (2^b per tensor; up to 2^b per output channel with per_channel)."""
+    """Per quantized kernel: bits, codebook size 2^b, the distinct values it really holds
+    (2^b per tensor; up to 2^b per output channel with per_channel) and its integer grid
+    width (``grid_bits``, None without one)."""
     return {
         key: {
             "bits": book.bits,
             "codebook_size": book.size,
             "distinct_values": int(np.unique(book.dequantize()).size),
+            "grid_bits": book.grid_bits,
         }
         for key, book in uniq_tf.get_codebooks(qmodel).items()
     }
