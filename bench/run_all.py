@@ -196,7 +196,7 @@ def _run(args, mode: str, only: list[str], output_dir: str) -> dict:
 
 # Sections of benchmarks that run by hand (bench/allocation.py, bench/pipeline.py; bench/fpga.py
 # needs FINN's own environment): a full run keeps them as they are in the page it replaces.
-HAND_RUN_SECTIONS = ("allocation", "fpga", "pipeline")
+HAND_RUN_SECTIONS = ("allocation", "fpga", "stage_change", "pipeline")
 
 
 def _carry_hand_run_sections(path: str, text: str) -> str:
