@@ -150,3 +150,23 @@ def test_set_calibrate_only_makes_the_converter_return_the_calibrated_float_mode
     assert all(d["dtype"] == np.float32 for d in details)  # float, not int8: stopped early
     with pytest.raises(AttributeError, match="_experimental_calibrate_only"):
         internals.set_calibrate_only(object())
+
+
+@pytest.mark.parametrize("make, count", [
+    (lambda: keras.optimizers.SGD(0.1, momentum=0.9), 1),
+    (lambda: keras.optimizers.Adam(1e-3), 2),
+    (lambda: keras.optimizers.legacy.SGD(0.1, momentum=0.9), 1),
+    (lambda: keras.mixed_precision.LossScaleOptimizer(keras.optimizers.Adam(1e-3)), 2),
+])
+def test_build_optimizer_and_optimizer_slots_find_each_variables_slots(make, count):
+    from uniq_tf._keras import tf
+
+    optimizer = make()
+    kernel, bias = tf.Variable(np.ones((3, 2), "f4")), tf.Variable(np.zeros(2, "f4"))
+    internals.build_optimizer(optimizer, [kernel, bias])
+    slots = internals.optimizer_slots(optimizer, kernel)
+    assert len(slots) == count and all(s.shape == kernel.shape for s in slots)
+    assert not {s.ref() for s in slots} & {s.ref() for s in internals.optimizer_slots(
+        optimizer, bias)}
+    optimizer.apply_gradients([(tf.ones((3, 2)), kernel), (tf.ones(2), bias)])
+    assert any(np.any(s.numpy() != 0) for s in slots)  # they are the ones the update moved

@@ -55,6 +55,7 @@ from collections.abc import Sequence
 
 from tensorflow.core.framework import summary_pb2
 
+from uniq_tf import internals
 from uniq_tf._keras import keras, require_keras2_model, tf
 from uniq_tf.quantize import (
     float_kernel,
@@ -441,17 +442,15 @@ class GradualQuantization(keras.callbacks.Callback):
             # Build with every variable in the caller's order (slot variables are checkpointed
             # by position), before the slots are looked up below. Legacy optimizers create
             # their slots in _create_all_weights.
-            build = getattr(optimizer, "build", None) or getattr(
-                optimizer, "_create_all_weights", None)
-            if build is not None and pairs:
+            if pairs:
                 with tf.init_scope():
-                    build([v for _, v in pairs])
+                    internals.build_optimizer(optimizer, [v for _, v in pairs])
             # Each freezable kernel and its slots, with the kernel's flag, read before the
             # update (automatic control dependencies keep the order of reads and writes).
             watched = [
                 (tracked, flags[v.ref()])
                 for _, v in pairs if v.ref() in flags
-                for tracked in (v, *_slots_of(optimizer, v))
+                for tracked in (v, *internals.optimizer_slots(optimizer, v))
             ]
             before = [tf.identity(variable) for variable, _ in watched]
             frozen = [tf.identity(flag) for _, flag in watched]
@@ -471,40 +470,6 @@ class GradualQuantization(keras.callbacks.Callback):
             return
         # An untraced function costs nothing to replace.
         self._installed_function = self.model.make_train_function(force=True)
-
-
-def _slots_of(optimizer, variable) -> list:
-    """The optimizer variables that belong to ``variable`` (SGD's momentum, Adam's m and v,
-    ...): for tf_keras optimizers, the entries at ``variable``'s index of the optimizer's lists
-    of per-variable slots; for legacy optimizers, ``get_slot``."""
-    inner = getattr(optimizer, "inner_optimizer", optimizer)  # LossScaleOptimizer
-    index_of = getattr(inner, "_index_dict", None)
-    if index_of is not None and hasattr(inner, "_var_key"):
-        index = index_of.get(inner._var_key(variable))
-        if index is None:
-            return []
-        slots, seen = [], {variable.ref()}
-        for name, value in sorted(vars(inner).items()):
-            if name in ("_variables", "_trainable_variables") or not isinstance(
-                value, (list, tuple)
-            ):
-                continue
-            if len(value) != len(index_of) or not all(isinstance(s, tf.Variable) for s in value):
-                continue
-            slot = value[index]
-            if slot.shape == variable.shape and slot.ref() not in seen:
-                seen.add(slot.ref())
-                slots.append(slot)
-        return slots
-    if hasattr(inner, "get_slot_names"):  # tf_keras.optimizers.legacy
-        slots = []
-        for name in inner.get_slot_names():
-            try:
-                slots.append(inner.get_slot(variable, name))
-            except KeyError:
-                pass
-        return slots
-    return []
 
 
 def _restore_frozen(variables, before, frozen) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from uniq_tf._keras import keras
+from uniq_tf._keras import keras, tf
 
 
 class KerasHistory(NamedTuple):
@@ -97,6 +97,52 @@ def is_network_node(model, layer, node_index: int) -> bool:
     return f"{layer.name}_ib-{node_index}" in _read(model, "_network_nodes")
 
 
+# --- tf_keras optimizers -----------------------------------------------------------------------
+
+
+def build_optimizer(optimizer, variables) -> None:
+    """Creates ``optimizer``'s slot variables for ``variables`` in their order (tf_keras'
+    ``build``; legacy optimizers' ``_create_all_weights``)."""
+    build = getattr(optimizer, "build", None) or getattr(optimizer, "_create_all_weights", None)
+    if build is None:
+        raise _missing(optimizer, "build")
+    build(list(variables))
+
+
+def optimizer_slots(optimizer, variable) -> list:
+    """The optimizer variables that belong to ``variable`` (SGD's momentum, Adam's m and v,
+    ...): for tf_keras optimizers, the entries at ``variable``'s index of the optimizer's lists
+    of per-variable slots; for legacy optimizers, ``get_slot``."""
+    inner = getattr(optimizer, "inner_optimizer", optimizer)  # LossScaleOptimizer
+    index_of = getattr(inner, "_index_dict", None)
+    if index_of is not None and hasattr(inner, "_var_key"):
+        index = index_of.get(inner._var_key(variable))
+        if index is None:
+            return []
+        slots, seen = [], {variable.ref()}
+        for name, value in sorted(vars(inner).items()):
+            if name in ("_variables", "_trainable_variables") or not isinstance(
+                value, (list, tuple)
+            ):
+                continue
+            if len(value) != len(index_of) or not all(isinstance(s, tf.Variable) for s in value):
+                continue
+            slot = value[index]
+            if slot.shape == variable.shape and slot.ref() not in seen:
+                seen.add(slot.ref())
+                slots.append(slot)
+        return slots
+    if hasattr(inner, "get_slot_names"):  # tf_keras.optimizers.legacy
+        slots = []
+        for name in inner.get_slot_names():
+            try:
+                slots.append(inner.get_slot(variable, name))
+            except KeyError:
+                pass
+        return slots
+    return []
+
+
 # --- LiteRT / TFLite interpreter --------------------------------------------------------------
 
 
@@ -122,6 +168,8 @@ __all__ = [
     "keras",
     "keras_history",
     "nodes_by_depth",
+    "build_optimizer",
+    "optimizer_slots",
     "quantize_annotate_type",
     "set_calibrate_only",
     "wrapper_output_quantizer_vars",
