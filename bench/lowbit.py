@@ -666,7 +666,7 @@ def configuration(args) -> dict:
 
 
 def _part_command(part: Part, parts_dir: str) -> list[str]:
-    return [sys.executable, str(Path(__file__).resolve()), f"--output_dir={parts_dir}",
+    return [sys.executable, "-m", "bench.lowbit", f"--output_dir={parts_dir}",
             f"--part={json.dumps(dataclasses.asdict(part))}"]
 
 
