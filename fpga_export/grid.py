@@ -86,11 +86,21 @@ def snap_codebook(
     tolerance: float = GRID_TOLERANCE,
     bits: int | None = None,
 ) -> IntegerGrid:
-    """The grid of a codebook: of width ``bits`` if given, else the smallest width >=
-    max(index_bits, 2) that represents every row within ``tolerance`` (module docstring).
+    """The integer grid a codebook is exported on (module docstring).
 
-    ``levels``: (k,) per tensor or (C, k) per channel. Raises ValueError when no width up to
-    MAX_GRID_BITS meets the tolerance.
+    Args:
+        levels: the codebook, (k,) per tensor or (C, k) per channel.
+        index_bits: the codebook's index width b.
+        tolerance: the largest error allowed, relative to each row's smallest level gap.
+        bits: a fixed grid width; None chooses the smallest width >= max(b, 2) within
+            ``tolerance``.
+
+    Returns:
+        An :class:`IntegerGrid`: per row, the scale and the integer codes of the levels, and the
+        relative error of the snapped levels.
+
+    Raises:
+        ValueError: no width up to MAX_GRID_BITS meets the tolerance.
     """
     rows = np.atleast_2d(np.asarray(levels, np.float64))
     if bits is not None:

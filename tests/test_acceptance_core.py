@@ -79,6 +79,7 @@ def test_quantized_layer_gradient_equals_the_stripped_models_gradient():
 # --------------------------------------------------------------------------- save and load
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["h5", "tf"])
 def test_nested_model_save_and_load_is_bit_identical(tmp_path, fmt):
     q = uniq_tf.quantize_model(nested_model(), weight_bits=3, activation_bits=4)

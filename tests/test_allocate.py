@@ -240,6 +240,7 @@ def test_tradeoff_plot_draws_the_budget_lines():
         tradeoff_figure(points, budget=-1)
 
 
+@pytest.mark.slow
 def test_training_script_trains_a_budget_end_to_end(tmp_path):
     from uniq_tf.cli import train
 

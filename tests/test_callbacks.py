@@ -296,6 +296,7 @@ def test_resume_with_backup_and_restore_continues_the_schedule(
     assert len(model.optimizer.variables) == len(scheduled_run["model"].optimizer.variables)
 
 
+@pytest.mark.slow
 def test_starting_in_a_frozen_stage_builds_the_optimizer_over_all_variables(
     scheduled_run, train_data, initial_weights
 ):
@@ -471,6 +472,7 @@ def test_bad_schedule_options_raise(kwargs, message):
         GradualQuantization(**kwargs)
 
 
+@pytest.mark.slow
 def test_fractional_polish_starts_inside_the_epoch(train_data):
     x, y = train_data  # 256 samples, batches of 64: 4 steps per epoch
     seen = {}

@@ -23,6 +23,8 @@ from uniq_tf.training import pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 
+pytestmark = pytest.mark.slow  # multi-process runs: make test runs them, the fast subset does not
+
 CHILD_TIMEOUT = 300
 TINY_RUN = ["--float_epochs=1", "--stages=2", "--epochs_per_stage=1", "--final_epochs=1",
             "--max_steps_per_epoch=3", "--calibration_steps=2", "--batch_size=32"]

@@ -26,6 +26,8 @@ from uniq_tf.cli import train
 
 ROOT = Path(__file__).resolve().parents[1]
 
+pytestmark = pytest.mark.slow  # multi-process runs: make test runs them, the fast subset does not
+
 TIMEOUT = 240
 # 3 float epochs; UNIQ: 2 stages of 2 epochs and 1 final epoch, so stages [0, 0, 1, 1, 2].
 SETTINGS = dict(float_epochs=3, stages=2, epochs_per_stage=2, final_epochs=1,

@@ -274,6 +274,7 @@ def test_grid_aware_fine_tune_gives_parity_at_b_plus_1(trained, digits, tmp_path
     assert np.mean(np.abs(keras_out - exported).max(axis=1) <= 1e-4) >= 0.95
 
 
+@pytest.mark.slow
 def test_the_command_measures_auto_widths_on_training_images(trained, tmp_path):
     """uniq-export-finn --weight_grid_bits=auto (fpga_export.cli.run) measures on the last
     VALIDATION_SIZE training images; the default is the data-free rule (B = 10 at 4 bits)."""
@@ -306,6 +307,7 @@ def test_auto_takes_validation_data_in_every_input_form(trained, digits, tmp_pat
     assert chosen["dataset"] == chosen["tuple"] == chosen["batches"]
 
 
+@pytest.mark.slow
 def test_trained_on_the_grid_the_default_export_keeps_b_plus_1_with_parity(tmp_path):
     """make demo's path: uniq-train --grid_bits=5, then uniq-export-finn with its defaults."""
     from fpga_export import cli

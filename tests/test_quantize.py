@@ -314,6 +314,7 @@ def test_high_noise_widens_the_noise():
 # --------------------------------------------------------------------------- save and load
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["h5", "tf"])
 def test_save_and_load_gives_bit_identical_outputs(tmp_path, fmt):
     q = uniq_tf.quantize_model(residual_model(), weight_bits=3, activation_bits=4)

@@ -182,6 +182,7 @@ def mixed_float16():
     keras.mixed_precision.set_global_policy("float32")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("jit", [False, True])
 def test_mixed_float16_staged_run_traces_once_and_freezes(digits, mixed_float16, jit):
     model, _, probe = staged_run(digits, jit_compile=jit)
@@ -190,6 +191,7 @@ def test_mixed_float16_staged_run_traces_once_and_freezes(digits, mixed_float16,
     assert_frozen_exactly(probe)
 
 
+@pytest.mark.slow
 def test_jit_compiled_staged_run_traces_once_and_freezes(digits):
     _, _, probe = staged_run(digits, "adam", jit_compile=True)
     assert_traced_once(probe)
@@ -235,6 +237,7 @@ def _child(results_path):
                                               "rows": rows}))
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_staged_run_traces_once_and_freezes_every_replica(tmp_path):
     path = tmp_path / "results.json"
     env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}

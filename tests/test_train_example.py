@@ -32,6 +32,7 @@ def config(tmp_path, **overrides) -> train.TrainConfig:
     return train.TrainConfig(**fields)
 
 
+@pytest.mark.slow
 def test_digits_end_to_end(tmp_path):
     cfg = config(tmp_path)
     summary = train.run(cfg)
@@ -86,6 +87,7 @@ def test_digits_end_to_end(tmp_path):
     assert again["uniq_stage_per_epoch"] == [0]
 
 
+@pytest.mark.slow
 def test_reference_preset_with_clipped_noise_and_polish(tmp_path, monkeypatch):
     compiled = []
     real_compile = pipeline.compile_model
@@ -113,6 +115,7 @@ def test_reference_preset_with_clipped_noise_and_polish(tmp_path, monkeypatch):
         "clipped"}
 
 
+@pytest.mark.slow
 def test_mixed_precision_and_xla_flags_train_end_to_end(tmp_path):
     summary = train.run(config(tmp_path, float_epochs=2, mixed_precision="mixed_bfloat16",
                                jit_compile=True, max_steps_per_epoch=4))
@@ -124,6 +127,7 @@ def test_mixed_precision_and_xla_flags_train_end_to_end(tmp_path):
     assert {len(np.unique(c.levels)) for c in uniq_tf.get_codebooks(loaded).values()} == {16}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "dataset, stages, expected_stages",
     [("cifar10", "layer", 4), ("imagenette", "conv1,conv2;conv3,fc", 2)],
@@ -190,6 +194,7 @@ def test_bad_flags_fail_before_training(tmp_path, monkeypatch, overrides, messag
     assert not os.path.exists(cfg.output_dir)
 
 
+@pytest.mark.slow
 def test_command_line_reports_a_bad_flag_as_usage_error(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "uniq_tf.cli.train", "--stages=9",
