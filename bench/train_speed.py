@@ -20,6 +20,8 @@ Variants (the first four are the comparison; the others say where UNIQ's time go
                       of frozen stages (--profile)
 
     .venv/bin/python -m bench.train_speed --quick --output_dir=outputs/bench
+    .venv/bin/python -m bench.train_speed --model=resnet18 --input_size=64 --batch_size=32 \
+        --rounds=6 --variants=float,uniq,tfmot_qat --output_dir=outputs/bench/resnet18_64
 """
 
 from __future__ import annotations
@@ -216,6 +218,9 @@ def main(argv=None) -> None:
     parser.add_argument("--batch_size", type=int, default=None)
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--profile", action="store_true", help="every variant (VARIANTS)")
+    parser.add_argument("--model", default=None, help="a uniq_tf.models name (default resnet20)")
+    parser.add_argument("--input_size", type=int, default=None, help="square input (default 32)")
+    parser.add_argument("--variants", default=None, help="comma-separated, among VARIANTS")
     args = parser.parse_args(argv)
     config = quick_config() if args.quick else SpeedConfig()
     if args.batch_size:
@@ -224,6 +229,15 @@ def main(argv=None) -> None:
         config.rounds = args.rounds
     if args.profile:
         config.variants = tuple(VARIANTS)
+    if args.model:
+        config.model = args.model
+    if args.input_size:
+        config.input_shape = (args.input_size, args.input_size, 3)
+    if args.variants:
+        unknown = sorted(set(args.variants.split(",")) - set(VARIANTS))
+        if unknown:
+            parser.error(f"--variants: unknown {unknown}; allowed: {list(VARIANTS)}")
+        config.variants = tuple(args.variants.split(","))
     results = run(config)
     out = Path(args.output_dir)
     common.write_json(str(out / "train_speed.json"), results)
