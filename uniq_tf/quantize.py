@@ -24,6 +24,7 @@ from uniq_tf.quantizers import (
     SwitchableActivationQuantizer,
     check_grid_bits,
 )
+from uniq_tf.save_format import warn_on_keras_format
 from uniq_tf.scheme import UniqQuantizeScheme
 
 QuantizeWrapper = tfmot.quantization.keras.QuantizeWrapperV2
@@ -283,7 +284,6 @@ def quantize_model(
         # The layout splits quantized SeparableConv2D layers, and their plan entries with them.
         copy, plan = UniqQuantizeScheme(plan).get_layout_transformer().apply(copy, plan)
         quantized = _apply(copy, UniqQuantizeScheme(plan).get_quantize_registry())
-    from uniq_tf.saving import warn_on_keras_format  # saving imports this module
 
     return warn_on_keras_format(quantized)
 

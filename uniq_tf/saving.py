@@ -15,50 +15,24 @@ saves without complaint but cannot be loaded, with or without the scope ("Layer 
 
 from __future__ import annotations
 
-import functools
 import os
 import warnings
 
 from uniq_tf._keras import keras
+from uniq_tf.quantize import is_quantized_model, quantize_scope
 
-UNLOADABLE_SUFFIX = ".keras"
-H5_SUFFIXES = (".h5", ".hdf5")
-KERAS_FORMAT_WARNING = (
-    "uniq_tf: a quantized model saved in the .keras format cannot be loaded back (TFMOT's "
-    "QuantizeWrapperV2 does not restore from it); save it as .h5 or as a SavedModel directory "
-    "and load it with uniq_tf.saving.load_quantized (keras.models.load_model inside "
-    "uniq_tf.quantize_scope())."
+# The save-format check lives below quantize.py (which attaches it to the models it makes);
+# its names are part of this module's interface.
+from uniq_tf.save_format import (
+    H5_SUFFIXES,
+    KERAS_FORMAT_WARNING,
+    UNLOADABLE_SUFFIX,
+    is_keras_format,
+    warn_on_keras_format,
 )
 
-
-def is_keras_format(filepath, save_format=None) -> bool:
-    """True where tf_keras would write the .keras (v3) format: ``save_format`` "keras" or, when
-    it is None, a path ending in ".keras"."""
-    if save_format is not None:
-        return str(save_format).lower() in ("keras", "keras_v3")
-    try:
-        return os.fspath(filepath).endswith(UNLOADABLE_SUFFIX)
-    except TypeError:  # a file-like object
-        return False
-
-
-def warn_on_keras_format(model):
-    """Makes ``model.save`` warn (:data:`KERAS_FORMAT_WARNING`) when it writes the .keras
-    format; every format still saves as before. Returns ``model``."""
-    if getattr(model.save, "_uniq_warns_on_keras_format", False):
-        return model
-    class_save = type(model).save
-
-    @functools.wraps(class_save)
-    def save(filepath, overwrite=True, save_format=None, **kwargs):
-        if is_keras_format(filepath, save_format):
-            warnings.warn(KERAS_FORMAT_WARNING, UserWarning, stacklevel=2)
-        return class_save(model, filepath, overwrite=overwrite, save_format=save_format,
-                          **kwargs)
-
-    save._uniq_warns_on_keras_format = True
-    model.save = save
-    return model
+__all__ = ["H5_SUFFIXES", "KERAS_FORMAT_WARNING", "UNLOADABLE_SUFFIX", "is_keras_format",
+           "load_quantized", "save_quantized", "warn_on_keras_format"]
 
 
 def save_quantized(model, path: str | os.PathLike, overwrite: bool = True) -> None:
@@ -100,8 +74,6 @@ def load_quantized(path: str | os.PathLike):
         ValueError: ``path`` is a .keras file (which cannot hold a quantized model), or Keras
             could not load it.
     """
-    from uniq_tf.quantize import is_quantized_model, quantize_scope
-
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"No saved model at {path!r}.")

@@ -5,12 +5,8 @@ from __future__ import annotations
 
 import functools
 import json
-from typing import TYPE_CHECKING
 
 from uniq_tf._keras import tf
-
-if TYPE_CHECKING:
-    from uniq_tf.training.config import TrainConfig
 
 MULTI_WORKER_TASK_TYPES = ("chief", "worker")
 
@@ -92,8 +88,9 @@ def parse_tf_config(text: str | None) -> tuple[dict[str, list[str]], str, int]:
     return cluster, task_type, index
 
 
-def make_strategy(config: TrainConfig) -> tf.distribute.Strategy:
-    """The tf.distribute strategy of ``config.strategy`` (TF_CONFIG already checked)."""
+def make_strategy(config) -> tf.distribute.Strategy:
+    """The tf.distribute strategy of ``config.strategy`` (a TrainConfig's; TF_CONFIG already
+    checked). This module does not import the config module, which imports it."""
     if config.strategy == "mirrored":
         return _mirrored_strategy()
     if config.strategy == "multi_worker":
