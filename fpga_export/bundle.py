@@ -121,6 +121,7 @@ def _layer_record(
         "output_pixels": layer.out_pixels,
         "weights": layer.weight_count,
         "quantized": layer.codebook is not None,
+        "fixed_weights": layer.fixed,
         "codebook": ({**_codebook_record(layer), "grid_rule": rule}
                      if layer.codebook is not None else None),
         **cost,
@@ -232,7 +233,8 @@ def _layer_table(desc: dict) -> str:
     ]
     for row in desc["layers"]:
         finn = row["finn"] or {}
-        rule = (row["codebook"] or {}).get("grid_rule") or "-"
+        rule = ((row["codebook"] or {}).get("grid_rule")
+                or ("fixed [I; 0]" if row.get("fixed_weights") else "-"))
         lines.append(
             f"| {row['name']} | {row['keras_type']} | {row['weight_index_bits']} | "
             f"{row['weight_grid_bits']} | {rule} | {row['input_bits']} | {row['macs']:,} | "

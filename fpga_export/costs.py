@@ -18,8 +18,9 @@ FLOAT_BITS = bops.FLOAT_BITS
 
 def layer_costs(layer: ComputeLayer) -> dict:
     """MACs, BOPs by both formulas at b and at B, and weight memory of one compute layer."""
-    b = layer.codebook.bits if layer.codebook is not None else FLOAT_BITS
     grid_bits = layer.grid.bits if layer.grid is not None else FLOAT_BITS
+    # A layer with fixed integer weights (an option-A shortcut) has no codebook: b = B.
+    b = layer.codebook.bits if layer.codebook is not None else grid_bits
     b_a = layer.input_bits or FLOAT_BITS
     kh, kw = layer.kernel_size
     shape = (layer.out_channels, layer.in_channels, kh, kw)

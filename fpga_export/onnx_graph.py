@@ -10,7 +10,14 @@ reads is explicit (``group``, ``dilations``, ``pads`` on Conv). Per layer:
 - float kernel layers (skipped by quantize_model): float weights, no Quant;
 - activation quantizers: ``Quant`` after the ReLU (parameters from :mod:`actquant`);
 - BatchNormalization, Add, pooling, padding, Flatten, Reshape, Concatenate, Rescaling, ReLU
-  and Softmax: the standard ONNX op, left to FINN's streamlining.
+  and Softmax: the standard ONNX op, left to FINN's streamlining;
+- He et al.'s option-A shortcut as ``uniq_tf.models`` builds it from stock layers (a 1x1
+  AveragePooling2D with stride s, a Rescaling by 0 of its output for the new channels, and a
+  Concatenate of the two): one 1x1 stride-s Conv with constant weights [I; 0] (identity on the
+  C input channels, zeros for the appended ones) on a 2-bit integer grid, which computes the
+  same values exactly and which FINN maps to an MVAU (it maps neither the plain AveragePool nor
+  a Concat with a constant-zero input). It is a compute layer of the descriptor with fixed
+  weights (``ComputeLayer.fixed``), named after the Concatenate, without a codebook.
 
 Keras flattens in HWC order, ONNX in CHW order: a Dense fed by a flattened feature map gets its
 kernel rows permuted to CHW order instead of a Transpose in the graph; anything else that needs
@@ -46,6 +53,8 @@ PLAIN_ACTIVATIONS = ("linear", "relu", "relu6", "softmax")
 # Ops whose output keeps the input's integer type in qonnx's InferDataTypes.
 _TYPE_PRESERVING = ("MaxPool", "GlobalMaxPool", "Flatten", "Reshape", "Transpose", "Pad", "Concat",
                     "Clip")
+SHORTCUT_TYPE = "OptionAShortcut"  # ComputeLayer.keras_type of an option-A shortcut's conv
+SHORTCUT_WEIGHT_BITS = 2  # its weights are 0 and 1: exact on the smallest signed grid (-1..1)
 
 
 @dataclass
@@ -96,6 +105,7 @@ class ComputeLayer:
     input_bits: int | None
     codebook: Codebook | None = None
     grid: IntegerGrid | None = None
+    fixed: str | None = None  # constant weights not from the model (option-A shortcut): what
 
     @property
     def fan_in(self) -> int:
@@ -182,6 +192,16 @@ def _same_pads(size, kernel, strides, dilations=(1, 1)) -> list[int]:
     return begin + end
 
 
+@dataclass(frozen=True)
+class _ShortcutConv:
+    """What :meth:`GraphBuilder._conv` reads of a Conv2D layer, for an option-A shortcut."""
+
+    name: str
+    strides: tuple[int, int]
+    padding: str = "valid"
+    dilation_rate: tuple[int, int] = (1, 1)
+
+
 class GraphBuilder:
     """Walks a stripped Keras model and emits the QONNX graph (see module docstring)."""
 
@@ -199,6 +219,10 @@ class GraphBuilder:
         self.layers: list[ComputeLayer] = []
         self.finn_notes: list[str] = []  # parts FINN's build will not map, and why
         self.pad_notes: dict[str, str] = {}  # Pad output -> its note, unless fold_pads folds it
+        # Option-A shortcut parts (models._basic_block's "zero_pad"), by ONNX output name:
+        self._subsamples: dict[str, tuple] = {}  # 1x1 AveragePool -> (layer, its input Tensor)
+        self._zeros: dict[str, tuple[str, str]] = {}  # Mul by 0 -> (its input, layer name)
+        self._pool_notes: dict[str, str] = {}  # AveragePool output -> its note, unless removed
         self._used = Counter()
 
     # ------------------------------------------------------------------ primitives
@@ -246,6 +270,9 @@ class GraphBuilder:
         (out,) = self._walk(model, [x])
         if out.layout == "flat_chw":
             out = self._keras_order(out, "output")
+        self._output_name = out.name
+        self.drop_unused()
+        self._hoist_shortcuts()
         return out
 
     def _walk(self, model, inputs: list[Tensor]) -> list[Tensor]:
@@ -473,12 +500,84 @@ class GraphBuilder:
         return out
 
     def _concat(self, layer, inputs: list[Tensor]) -> Tensor:
+        shortcut = self._option_a_shortcut(layer, inputs)
+        if shortcut is not None:
+            return shortcut
         if len({t.layout for t in inputs}) > 1 or inputs[0].layout == "flat_chw":
             inputs = [self._keras_order(t, f"{layer.name}_{i}") for i, t in enumerate(inputs)]
         first = inputs[0]
         channels = sum(t.kshape[-1] for t in inputs)
         out = self.op("Concat", [t.name for t in inputs], layer.name, axis=1)
         return self._like(first, out, "Concat", kshape=first.kshape[:-1] + (channels,))
+
+    def _option_a_shortcut(self, layer, inputs: list[Tensor]) -> Tensor | None:
+        """The Concatenate of an option-A shortcut as a 1x1 conv with weights [I; 0] (module
+        docstring), or None when ``inputs`` are not one 1x1 AveragePool's output and Muls of
+        that output by 0. The pool and the Muls stay until :meth:`drop_unused` removes them."""
+        sources = {t.name for t in inputs if t.name in self._subsamples}
+        if len(sources) != 1 or any(t.layout != "nchw" for t in inputs):
+            return None
+        (pooled,) = sources
+        if not all(t.name == pooled or self._zeros.get(t.name, ("",))[0] == pooled
+                   for t in inputs):
+            return None
+        pool_layer, x = self._subsamples[pooled]
+        c_in = x.kshape[-1]
+        c_out = sum(t.kshape[-1] for t in inputs)
+        weights = np.zeros((c_out, c_in, 1, 1), np.float32)
+        offset = 0
+        for t in inputs:
+            if t.name == pooled:
+                weights[offset:offset + c_in, :, 0, 0] = np.eye(c_in, dtype=np.float32)
+            offset += t.kshape[-1]
+        bits = SHORTCUT_WEIGHT_BITS
+        grid = IntegerGrid(bits, np.ones(1), np.array([[0, 1]], np.int64), np.zeros(1),
+                           np.zeros(1))
+        fake = _ShortcutConv(layer.name, tuple(pool_layer.strides))
+        out = self._conv(fake, x, weights, 1, None, None, grid)
+        zeros = sorted({self._zeros[t.name][1] for t in inputs if t.name != pooled})
+        self.layers[-1] = dataclasses.replace(
+            self.layers[-1], keras_type=SHORTCUT_TYPE,
+            fixed=f"option-A shortcut: {pool_layer.name!r} (1x1 average pooling, stride "
+                  f"{fake.strides[0]}), zero channels {', '.join(map(repr, zeros))} and "
+                  f"{layer.name!r} (Concatenate) as a 1x1 conv with constant {bits}-bit weights "
+                  f"[I; 0] ({c_in} -> {c_out} channels)")
+        return out
+
+    def drop_unused(self) -> None:
+        """Removes the nodes whose outputs nothing reads (the AveragePool and Mul of an
+        option-A shortcut that became a conv), with their initializers and FINN notes; then
+        the notes of the AveragePools that stay."""
+        while True:
+            read = {name for node in self.nodes for name in node.input}
+            dead = [n for n in self.nodes if not any(o in read for o in n.output)
+                    and n.output[0] != self._output_name]
+            if not dead:
+                break
+            for node in dead:
+                self.nodes.remove(node)
+                self._pool_notes.pop(node.output[0], None)
+        read = {name for node in self.nodes for name in node.input}
+        self.initializers = [t for t in self.initializers if t.name in read]
+        self.finn_notes.extend(self._pool_notes.values())
+
+    def _hoist_shortcuts(self) -> None:
+        """Moves each option-A shortcut conv (with its weight Quant) right after the node that
+        produces its input, and orders ``layers`` as their nodes. FINN sorts its graph by
+        distance from the input (qonnx's SortGraph) and numbers MVAUs in that order, where the
+        shortcut's 1x1 conv comes before the block's first 3x3 conv (which FINN precedes with
+        an FMPadding); the folding config names the MVAUs in the order of ``layers``."""
+        for layer in self.layers:
+            if layer.fixed is None:
+                continue
+            conv = next(n for n in self.nodes if n.name == layer.onnx_node)
+            quant = next(n for n in self.nodes if conv.input[1] in n.output)
+            self.nodes.remove(conv)
+            self.nodes.remove(quant)
+            at = next((i + 1 for i, n in enumerate(self.nodes) if conv.input[0] in n.output), 0)
+            self.nodes[at:at] = [quant, conv]
+        position = {n.name: i for i, n in enumerate(self.nodes)}
+        self.layers.sort(key=lambda layer: position[layer.onnx_node])
 
     def _pool(self, layer, x: Tensor) -> Tensor:
         _, h, w, c = x.kshape
@@ -492,10 +591,13 @@ class GraphBuilder:
         else:
             op_type = "AveragePool"
             attrs["count_include_pad"] = 0  # TensorFlow averages over the valid inputs only
-            self.finn_notes.append(
+        out = self.op(op_type, [x.name], layer.name, **attrs)
+        if op_type == "AveragePool":
+            self._pool_notes[out] = (
                 f"{layer.name!r}: FINN maps average pooling only in brevitas' QuantAvgPool2d "
                 "form, not a plain AveragePool (GlobalAveragePool works)")
-        out = self.op(op_type, [x.name], layer.name, **attrs)
+            if kernel == (1, 1) and not any(pads):
+                self._subsamples[out] = (layer, x)
         return self._like(x, out, op_type, kshape=(1, out_h, out_w, c))
 
     def _global_pool(self, layer, x: Tensor) -> Tensor:
@@ -547,6 +649,8 @@ class GraphBuilder:
     def _rescale(self, layer, x: Tensor) -> Tensor:
         y = self.op("Mul", [x.name, self.const(f"{layer.name}_scale", float(layer.scale))],
                     layer.name)
+        if float(layer.scale) == 0.0 and float(layer.offset) == 0.0:
+            self._zeros[y] = (x.name, layer.name)
         if float(layer.offset) != 0.0:
             y = self.op("Add", [y, self.const(f"{layer.name}_offset", float(layer.offset))],
                         f"{layer.name}_offset")
