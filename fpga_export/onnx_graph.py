@@ -272,7 +272,6 @@ class GraphBuilder:
             out = self._keras_order(out, "output")
         self._output_name = out.name
         self.drop_unused()
-        self._hoist_shortcuts()
         return out
 
     def _walk(self, model, inputs: list[Tensor]) -> list[Tensor]:
@@ -561,21 +560,30 @@ class GraphBuilder:
         self.initializers = [t for t in self.initializers if t.name in read]
         self.finn_notes.extend(self._pool_notes.values())
 
-    def _hoist_shortcuts(self) -> None:
-        """Moves each option-A shortcut conv (with its weight Quant) right after the node that
-        produces its input, and orders ``layers`` as their nodes. FINN sorts its graph by
-        distance from the input (qonnx's SortGraph) and numbers MVAUs in that order, where the
-        shortcut's 1x1 conv comes before the block's first 3x3 conv (which FINN precedes with
-        an FMPadding); the folding config names the MVAUs in the order of ``layers``."""
-        for layer in self.layers:
-            if layer.fixed is None:
+    def hoist_unpadded_convs(self) -> None:
+        """Moves every Conv without padding whose input also feeds a padded Conv (an
+        option-A shortcut's conv, a projection shortcut's 1x1 conv) with its weight Quant to
+        right after the node that produces that input, and orders ``layers`` as their nodes.
+        FINN sorts its graph by distance from the input (qonnx's SortGraph) and numbers its
+        MVAUs in that order; it puts an FMPadding before a padded conv, so of two convs on
+        the same input the unpadded one gets the lower number. The folding config names the
+        MVAUs in the order of ``layers`` (checked against finn-plus 1.6.1 builds of
+        models.resnet20 and of a projection-shortcut block)."""
+        def pads(node) -> list[int]:
+            return next((list(a.ints) for a in node.attribute if a.name == "pads"), [])
+
+        convs = [n for n in self.nodes if n.op_type == "Conv"]
+        padded_inputs = {n.input[0] for n in convs if any(pads(n))}
+        compute = {layer.onnx_node for layer in self.layers}
+        for conv in convs:
+            if conv.name not in compute or any(pads(conv)) or conv.input[0] not in padded_inputs:
                 continue
-            conv = next(n for n in self.nodes if n.name == layer.onnx_node)
-            quant = next(n for n in self.nodes if conv.input[1] in n.output)
-            self.nodes.remove(conv)
-            self.nodes.remove(quant)
+            quant = next((n for n in self.nodes if conv.input[1] in n.output), None)
+            moved = [conv] if quant is None else [quant, conv]
+            for node in moved:
+                self.nodes.remove(node)
             at = next((i + 1 for i, n in enumerate(self.nodes) if conv.input[0] in n.output), 0)
-            self.nodes[at:at] = [quant, conv]
+            self.nodes[at:at] = moved
         position = {n.name: i for i, n in enumerate(self.nodes)}
         self.layers.sort(key=lambda layer: position[layer.onnx_node])
 
@@ -687,6 +695,7 @@ def build_graph(
     quantized = builder.quant(x, input_quant, "input_quant")
     out = builder.build(stripped, quantized)
     builder.fold_pads()
+    builder.hoist_unpadded_convs()
     # Name the graph output "output" by renaming the producing node's output.
     for node in builder.nodes:
         node.output[:] = [OUTPUT_NAME if o == out.name else o for o in node.output]

@@ -613,3 +613,21 @@ def test_resnet20_option_a_shortcut_is_a_fixed_conv(digits, tmp_path, global_rng
     assert snapped["top1_agreement"] >= MIN_AGREEMENT, snapped
     assert snapped["max_abs_diff"] <= MAX_ABS_DIFF_SNAPPED, snapped
     assert np.mean(np.abs(snapped_out - exported).max(axis=1) <= 1e-4) >= 0.9
+
+
+def test_unpadded_conv_on_a_shared_input_is_numbered_first(tmp_path, global_rng_kept):
+    """FINN numbers its MVAUs in its topologically sorted graph, where a conv without padding
+    (a projection shortcut's 1x1) comes before a padded conv on the same input (FINN puts an
+    FMPadding before that one): seen in finn-plus 1.6.1 builds of a projection-shortcut block
+    and of models.resnet20. The descriptor's (and folding config's) numbering follows it."""
+    inp = keras.Input((8, 8, 1))
+    h = L.ReLU(name="relu")(L.Conv2D(8, 3, padding="same", name="stem")(inp))
+    main = L.Conv2D(16, 3, padding="same", name="main")(h)
+    side = L.Conv2D(16, 1, name="side")(h)
+    model = uniq_tf.quantize_model(keras.Model(inp, L.Add(name="add")([main, side])), 4, 8)
+    result = fpga_export.export_finn(model, tmp_path / "b", target_fps=1000, cost_check=False)
+    nodes = {row["name"]: row["finn"]["node"] for row in result.descriptor["layers"]}
+    assert nodes == {"stem": "MVAU_hls_0", "side": "MVAU_hls_1", "main": "MVAU_hls_2"}
+    x = np.random.default_rng(0).integers(0, 256, (4, 8, 8, 1)).astype(np.float32) / 255
+    assert_same_function(check.grid_snapped_model(model, tmp_path / "b").predict(x, verbose=0),
+                         check.predict(tmp_path / "b", x).transpose(0, 2, 3, 1))
