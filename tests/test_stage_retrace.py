@@ -19,6 +19,9 @@ from uniq_tf._keras import keras, tf
 from uniq_tf.callbacks import GradualQuantization
 from uniq_tf.quantize import float_kernel, kernel_wrappers
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_callbacks import count_traces  # noqa: E402
+
 KERNELS = ["conv1", "conv2", "fc1", "fc2"]
 N_TRAIN, BATCH = 128, 32
 # One-layer stages of 2 epochs and a final epoch: stages [0, 0, 1, 1, 2, 2, 3, 3, 4].
@@ -79,18 +82,6 @@ class Probe(keras.callbacks.Callback):
             "traces": self.traces[0],
             "bias": self.model.get_layer("fc2").layer.bias.numpy().copy(),
         })
-
-
-def count_traces(model) -> list:
-    counter = [0]
-    step = model.train_step
-
-    def counting_train_step(data):
-        counter[0] += 1
-        return step(data)
-
-    model.train_step = counting_train_step
-    return counter
 
 
 def staged_run(digits, optimizer_name="sgd", jit_compile=False, prebuild=True):

@@ -37,6 +37,7 @@ from uniq_tf.quantize import (
     _is_nested_model,
     _plan,
     check_layer_overrides,
+    check_settings,
     flatten_layers,
     quantize_model,
 )
@@ -264,10 +265,10 @@ class _AnnotationLayout(UniqLayoutTransform):
         self._scheme = scheme
 
     def apply(self, model, layer_quantize_map):
-        annotations = {
-            name: entry.get("quantize_config") for name, entry in layer_quantize_map.items()
-            if not isinstance(_layer(model, name), keras.layers.InputLayer)
-        }
+        # TFMOT adds the model's input layers with an empty entry; no input layer is a kernel
+        # or activation layer, so the plan leaves them out (and TFMOT then leaves them alone).
+        annotations = {name: entry.get("quantize_config")
+                       for name, entry in layer_quantize_map.items()}
         s = self._scheme
         layer_bits, skip = annotation_overrides(model, annotations)
         layer_bits, skip = check_layer_overrides(model, layer_bits, skip)
@@ -277,10 +278,6 @@ class _AnnotationLayout(UniqLayoutTransform):
         )
         model, plan = super().apply(model, plan)
         return model, {name: {"quantize_config": config} for name, config in plan.items()}
-
-
-def _layer(model, name: str):
-    return next((layer for layer in flatten_layers(model) if layer.name == name), None)
 
 
 class UniqScheme(_tfmot_keras.QuantizeScheme):
@@ -303,16 +300,12 @@ class UniqScheme(_tfmot_keras.QuantizeScheme):
         high_noise: bool = False,
         noise: str = kquantile.CLIPPED,
     ):
-        self.weight_bits = _check_bits(weight_bits, WEIGHT_BITS_RANGE, "weight_bits")
-        self.activation_bits = _check_bits(
-            activation_bits, ACTIVATION_BITS_RANGE, "activation_bits")
-        if distribution not in kquantile.DISTRIBUTIONS:
-            raise ValueError(
-                f"distribution must be one of {kquantile.DISTRIBUTIONS}, got {distribution!r}")
+        self.weight_bits, self.activation_bits = check_settings(
+            weight_bits, activation_bits, distribution, noise)
         self.per_channel = bool(per_channel)
         self.distribution = distribution
         self.high_noise = bool(high_noise)
-        self.noise = kquantile.check_noise(noise)
+        self.noise = noise
 
     def get_layout_transformer(self):
         return _AnnotationLayout(self)

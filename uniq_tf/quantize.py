@@ -195,6 +195,20 @@ def check_layer_overrides(
     return checked, skip_layers
 
 
+def check_settings(weight_bits, activation_bits, distribution: str, noise: str) -> tuple:
+    """The model-wide settings of :func:`quantize_model` (and of ``uniq_tf.UniqScheme``):
+    (weight_bits, activation_bits) as ints, or a ValueError naming the setting and the allowed
+    values."""
+    weight_bits = _check_bits(weight_bits, WEIGHT_BITS_RANGE, "weight_bits")
+    activation_bits = _check_bits(activation_bits, ACTIVATION_BITS_RANGE, "activation_bits")
+    if distribution not in kquantile.DISTRIBUTIONS:
+        raise ValueError(
+            f"distribution must be one of {kquantile.DISTRIBUTIONS}, got {distribution!r}"
+        )
+    kquantile.check_noise(noise)
+    return weight_bits, activation_bits
+
+
 def quantize_model(
     model,
     weight_bits: int = 4,
@@ -257,13 +271,8 @@ def quantize_model(
         if _is_nested_model(layer):
             _check_graph_model(layer, f"nested model {layer.name!r}")
     check_finite_weights(model)
-    weight_bits = _check_bits(weight_bits, WEIGHT_BITS_RANGE, "weight_bits")
-    activation_bits = _check_bits(activation_bits, ACTIVATION_BITS_RANGE, "activation_bits")
-    if distribution not in kquantile.DISTRIBUTIONS:
-        raise ValueError(
-            f"distribution must be one of {kquantile.DISTRIBUTIONS}, got {distribution!r}"
-        )
-    kquantile.check_noise(noise)
+    weight_bits, activation_bits = check_settings(
+        weight_bits, activation_bits, distribution, noise)
     checked, skip_layers = check_layer_overrides(model, layer_bits, skip_layers)
     plan = _plan(
         model, weight_bits, activation_bits, checked, skip_layers, per_channel, distribution,
