@@ -38,7 +38,6 @@ SEARCH = ("greedy per layer in forward order from the fallback widths; for each 
           "smallest width >= max(b, 2) within tolerance, the other layers at their current "
           "widths; scored with the Keras grid-snapped reference (fpga_export.check)")
 _BATCH = 256
-_WHOLE = 1 << 62  # arrays are taken whole
 
 
 @dataclass
@@ -72,7 +71,7 @@ class _Scorer:
 def _split(data) -> tuple[np.ndarray, np.ndarray | None]:
     """(x, y or None) as whole arrays from ``data`` in any form of :mod:`uniq_tf.inputs`."""
     xs, ys = [], []
-    for x, y in inputs.batches(data, _WHOLE, "validation_data"):
+    for x, y in inputs.batches(data, None, "validation_data"):
         xs.append(np.asarray(x, np.float32))
         ys.append(None if y is None else np.asarray(y))
     if not xs:

@@ -8,7 +8,6 @@ import numpy as np
 from uniq_tf import inputs
 
 RANDOM_SAMPLES = 32
-_WHOLE = 1 << 62  # arrays are taken whole; as_samples cuts them to its limit
 
 
 def _input_shape(model) -> tuple:
@@ -36,7 +35,7 @@ def _check_finite(samples: np.ndarray, what: str) -> np.ndarray:
 
 def _batches(data):
     """Yields input arrays from ``data`` in any form of :mod:`uniq_tf.inputs`."""
-    for x, _ in inputs.batches(data, _WHOLE):
+    for x, _ in inputs.batches(data, None):
         yield np.asarray(x)
 
 

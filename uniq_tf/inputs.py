@@ -35,13 +35,16 @@ def is_xy_pair(data) -> bool:
             and len(data[0]) == len(data[1]))
 
 
-def batches(data, batch_size: int, what: str = "data") -> Iterator[tuple[object, object]]:
+def batches(
+    data, batch_size: int | None, what: str = "data"
+) -> Iterator[tuple[object, object]]:
     """Yields ``(x, y or None)`` batches from ``data`` in any of the module's forms; arrays are
-    split into batches of ``batch_size`` rows, other batches are passed on as they come.
+    split into batches of ``batch_size`` rows (None: one batch, whole), other batches are
+    passed on as they come.
 
     Args:
         data: inputs in one of the forms of the module docstring.
-        batch_size: rows per batch for arrays and (x, y) pairs.
+        batch_size: rows per batch for arrays and (x, y) pairs; None takes them whole.
         what: the argument's name, for the error.
 
     Returns:
@@ -50,6 +53,9 @@ def batches(data, batch_size: int, what: str = "data") -> Iterator[tuple[object,
     Raises:
         TypeError: ``data`` is none of the forms (raised when the iterator starts).
     """
+    if batch_size is None and (is_xy_pair(data) or _is_array(data)):
+        yield (data[0], data[1]) if is_xy_pair(data) else (data, None)
+        return
     if is_xy_pair(data):
         x, y = data
         for i in range(0, len(x), batch_size):
