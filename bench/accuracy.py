@@ -30,9 +30,11 @@ from pathlib import Path
 
 import uniq_tf
 from bench import common, peers
-from uniq_tf import atomic, bops, data, models
 from uniq_tf._keras import keras, tf
-from uniq_tf.callbacks import GradualQuantization
+from uniq_tf.cost import bops
+from uniq_tf.schedule.gradual import GradualQuantization
+from uniq_tf.util import atomic
+from uniq_tf.zoo import data, models
 
 METHODS = {
     "uniq": "UNIQ",
@@ -411,7 +413,7 @@ PLOTTED = ("float",) + FINE_TUNED
 
 
 def plot_points(results: dict, name: str) -> list[dict]:
-    """Points for uniq_tf.plots.plot_tradeoff: one series per fine-tuned method and float,
+    """Points for uniq_tf.plot_tradeoff: one series per fine-tuned method and float,
     accuracy in %. The post-training methods stay in the tables: tens of points lower at low
     bits, they would squeeze every other series into a line."""
     points = []
@@ -431,7 +433,7 @@ def plot_points(results: dict, name: str) -> list[dict]:
 
 
 def plot(results: dict, name: str, path: str) -> str:
-    from uniq_tf.plots import plot_tradeoff
+    from uniq_tf.cost.plots import plot_tradeoff
 
     return plot_tradeoff(
         plot_points(results, name), path,

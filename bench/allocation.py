@@ -32,9 +32,9 @@ import numpy as np
 
 import uniq_tf
 from bench import common, lowbit
-from uniq_tf import models
 from uniq_tf._keras import keras, tf
-from uniq_tf.callbacks import GradualQuantization
+from uniq_tf.schedule.gradual import GradualQuantization
+from uniq_tf.zoo import models
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,8 +14,8 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from uniq_tf import atomic
 from uniq_tf._keras import keras, tf
+from uniq_tf.util import atomic
 
 
 def machine() -> dict:

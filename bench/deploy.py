@@ -31,8 +31,8 @@ import tflite_export
 import uniq_tf
 from bench import common
 from tflite_export import runtime
-from uniq_tf import data, models
 from uniq_tf.cli import train as example
+from uniq_tf.zoo import data, models
 
 
 @dataclasses.dataclass

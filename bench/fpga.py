@@ -80,8 +80,8 @@ def _write_json(path: Path, content) -> None:
 def _float(name: str, x_train, y_train):
     """The float model every variant of ``name`` starts from: 5 epochs, Adam 3e-3, seed 0."""
     from bench import common
-    from uniq_tf import models
     from uniq_tf._keras import keras
+    from uniq_tf.zoo import models
 
     common.set_seed(0)
     model = getattr(models, name)(input_shape=(8, 8, 1), num_classes=10)
@@ -135,8 +135,9 @@ def uniform_grid(uniform_model):
 
     import uniq_tf
     from bench import peers
+    from uniq_tf import internals
     from uniq_tf._keras import tf
-    from uniq_tf.quantize import QuantizeWrapper
+    from uniq_tf.integration.inspection import QuantizeWrapper
 
     codebooks, kernels = {}, {}
     for layer in uniform_model.layers:
@@ -144,7 +145,7 @@ def uniform_grid(uniform_model):
                 and isinstance(layer.quantize_config, peers.UniformKernelConfig)):
             continue
         config = layer.quantize_config
-        (weight, _, variables), = layer._weight_vars
+        (weight, _, variables), = internals.wrapper_weight_vars(layer)
         lo_var, hi_var = variables["min_var"].numpy(), variables["max_var"].numpy()
         w_q = tf.quantization.fake_quant_with_min_max_vars_per_channel(
             weight, lo_var, hi_var, num_bits=config.bits,
@@ -212,8 +213,8 @@ def export(output_dir: Path, model_names: list[str], weight_bits: list[int],
     import fpga_export
     from bench import common
     from fpga_export import check
-    from uniq_tf import data
     from uniq_tf._keras import tf
+    from uniq_tf.zoo import data
 
     tf.config.experimental.enable_op_determinism()
     x_all, y_all, x_test, y_test = data.load_digits()
@@ -295,8 +296,8 @@ def sweep(output_dir: Path, name: str, weight_bits: list[int], activation_bits: 
     import fpga_export
     import uniq_tf
     from bench import common
-    from uniq_tf import data
     from uniq_tf._keras import tf
+    from uniq_tf.zoo import data
 
     tf.config.experimental.enable_op_determinism()
     x_all, y_all, _, _ = data.load_digits()

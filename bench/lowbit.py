@@ -49,9 +49,10 @@ import numpy as np
 
 import uniq_tf
 from bench import common, peers
-from uniq_tf import atomic, bops
 from uniq_tf._keras import keras, tf
-from uniq_tf.callbacks import GradualQuantization
+from uniq_tf.cost import bops
+from uniq_tf.schedule.gradual import GradualQuantization
+from uniq_tf.util import atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -538,7 +539,7 @@ def noise_errors(bits_list=(2, 3, 4), n: int = 1_000_000) -> list[dict]:
     """Per noise model and bit width, on standard normal weights (seeded): the noisy tensor's
     mean squared error to w and its std, against the hard quantizer's, and the share of noisy
     weights beyond the outer codebook level."""
-    from uniq_tf import kquantile
+    from uniq_tf.method import kquantile
 
     rows = []
     for bits in bits_list:

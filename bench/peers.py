@@ -30,10 +30,11 @@ from __future__ import annotations
 import numpy as np
 import tensorflow_model_optimization as tfmot
 
-from uniq_tf import registry
+from uniq_tf import internals
 from uniq_tf._keras import keras, tf
-from uniq_tf.quantize import QuantizeWrapper
-from uniq_tf.quantize_config import ActivationQuantizeConfig
+from uniq_tf.integration import registry
+from uniq_tf.integration.configs import ActivationQuantizeConfig
+from uniq_tf.integration.inspection import QuantizeWrapper
 
 _LastValueQuantizer = tfmot.quantization.keras.quantizers.LastValueQuantizer
 _cluster = tfmot.clustering.keras
@@ -124,7 +125,7 @@ def set_uniform_ranges(model) -> None:
         config = layer.quantize_config
         if not isinstance(config, UniformKernelConfig):
             continue
-        for weight, _, variables in layer._weight_vars:
+        for weight, _, variables in internals.wrapper_weight_vars(layer):
             axes = tuple(range(weight.shape.rank - 1))
             w = weight.numpy()
             lo, hi = w.min(axis=axes), w.max(axis=axes)
@@ -173,7 +174,7 @@ def distinct_kernel_values(model) -> dict[str, int]:
         elif isinstance(layer, QuantizeWrapper) and isinstance(
             layer.quantize_config, UniformKernelConfig
         ):
-            weight, quantizer, variables = layer._weight_vars[0]
+            weight, quantizer, variables = internals.wrapper_weight_vars(layer)[0]
             kernel = tf.convert_to_tensor(quantizer(weight, False, variables)).numpy()
             channels = kernel.reshape(-1, kernel.shape[-1]).T
             out[layer.layer.name] = max(int(np.unique(c).size) for c in channels)

@@ -33,8 +33,8 @@ import numpy as np
 
 import uniq_tf
 from bench import common
-from uniq_tf import data, models
 from uniq_tf._keras import keras, tf
+from uniq_tf.zoo import data, models
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "pipeline"

@@ -24,7 +24,7 @@ epochs; the seed fixes the initialization and the data order) and every method s
 that same float model:
 
 - **UNIQ**: `uniq_tf.quantize_model` (k-quantile codebooks, {fit}) and
-  `uniq_tf.callbacks.GradualQuantization` ({schedules}).
+  `uniq_tf.GradualQuantization` ({schedules}).
 - **UNIQ, no stages**: the same with a single stage: every layer noisy at once, then the same
   final epochs.
 - **k-quantile + STE**: the same quantized model with every weight quantizer in QUANTIZED

@@ -32,9 +32,9 @@ from pathlib import Path
 import numpy as np
 
 import uniq_tf
-from uniq_tf import models
 from uniq_tf._keras import keras, tf
-from uniq_tf.callbacks import GradualQuantization
+from uniq_tf.schedule.gradual import GradualQuantization
+from uniq_tf.zoo import models
 
 
 def rss_mib() -> float:

@@ -35,8 +35,8 @@ import tensorflow_model_optimization as tfmot
 
 import uniq_tf
 from bench import common
-from uniq_tf import models
 from uniq_tf._keras import keras, tf
+from uniq_tf.zoo import models
 
 _Q = tfmot.quantization.keras
 VARIANTS = {

@@ -29,8 +29,8 @@ import numpy as np
 
 from fpga_export import check, grid
 from fpga_export.actquant import QuantParams
-from uniq_tf import inputs
 from uniq_tf._keras import keras
+from uniq_tf.util import inputs
 
 METRICS = ("agreement", "accuracy", "loss")
 DEFAULT_TOLERANCE = 0.005

@@ -171,7 +171,7 @@ def descriptor(
         "weight_grid": {
             "snap": "n_i = clip(round(level_i / s), -(2^(B-1)-1), 2^(B-1)-1), s chosen per "
                     "codebook row to minimize max_i |s n_i - level_i| "
-                    "(uniq_tf.kquantile.snap_to_grid)",
+                    "(uniq_tf.method.kquantile.snap_to_grid)",
             "rules": dict(sorted(set(grid_rules.values()))),
             "tolerance": grid_tolerance,
             "selection": grid_selection,
@@ -179,7 +179,7 @@ def descriptor(
                          "Conv/MatMul -> Mul(s) -> Add(bias)",
         },
         "bops_formulas": {
-            "paper": "m n k^2 (b_a b_w + b_a + b_w + log2(n k^2)) P (uniq_tf.bops.conv_bops)",
+            "paper": "m n k^2 (b_a b_w + b_a + b_w + log2(n k^2)) P (uniq_tf.cost.bops.conv_bops)",
             "simple": "MACs * b_w * b_a (qonnx.util.inference_cost's total_bops)",
             "index_bits": "b_w = b, the codebook index width (a look-up-table design)",
             "grid_bits": "b_w = B, the integer grid width FINN computes with",

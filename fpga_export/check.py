@@ -27,7 +27,7 @@ import uniq_tf
 from fpga_export import actquant
 from fpga_export.onnx_graph import INPUT_NAME, OUTPUT_NAME
 from uniq_tf._keras import keras
-from uniq_tf.quantize import float_kernel, kernel_wrappers
+from uniq_tf.integration.inspection import float_kernel, kernel_wrappers
 
 
 def predict(bundle_dir: str | Path, x: np.ndarray) -> np.ndarray:

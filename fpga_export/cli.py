@@ -34,7 +34,9 @@ import numpy as np
 
 import fpga_export
 from fpga_export import check
-from uniq_tf import atomic, data, saving
+from uniq_tf.integration import saving
+from uniq_tf.util import atomic
+from uniq_tf.zoo import data
 
 # absl prints the docstring and every flag before an app.UsageError; a bad value gets one line.
 USAGE_HINT = " (pass --helpshort to see the flags)"
@@ -58,9 +60,8 @@ def _parse_grid_bits(text: str | int | None) -> int | str | None:
 def grid_aware_fine_tune(model, bits: int, epochs: int, learning_rate: float) -> None:
     """Fine-tunes ``model`` on the digits training split with its codebooks on the ``bits``
     grid (weights in QUANTIZED mode; logits, sparse cross-entropy, Adam)."""
-    from uniq_tf import set_grid_bits, set_weight_mode
+    from uniq_tf import Mode, set_grid_bits, set_weight_mode
     from uniq_tf._keras import keras
-    from uniq_tf.quantizers import Mode
 
     x_train, y_train, _, _ = data.load_digits()
     set_grid_bits(model, bits)

@@ -11,7 +11,7 @@ average pooling without a quantizer). With these, ``MACs * B * b_a`` summed over
 from __future__ import annotations
 
 from fpga_export.onnx_graph import ComputeLayer
-from uniq_tf import bops
+from uniq_tf.cost import bops
 
 FLOAT_BITS = bops.FLOAT_BITS
 

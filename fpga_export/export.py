@@ -36,10 +36,10 @@ from qonnx.util.inference_cost import inference_cost
 
 import uniq_tf
 from fpga_export import actquant, autogrid, bundle, costs, folding, grid, onnx_graph
-from uniq_tf import atomic
+from uniq_tf import ActMode
 from uniq_tf._keras import require_keras2_model
-from uniq_tf.quantize import flatten_layers
-from uniq_tf.quantizers import ActMode
+from uniq_tf.util import atomic
+from uniq_tf.util.graph import layers as flatten_layers
 
 FINN_MAX_ACTIVATION_BITS = 8  # DataflowBuildConfig.max_multithreshold_bit_width's default
 DEFAULT_BOARD = "Pynq-Z1"

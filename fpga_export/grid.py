@@ -10,7 +10,7 @@ scale. A UNIQ codebook row (k = 2^b non-uniform levels l_0 < ... < l_{k-1}) is r
 ``tolerance`` times the smallest gap between adjacent levels (default 1%). For a width B the
 scale is searched among ``s = max|l| / n`` (n <= N, so the largest level sits exactly on the
 grid); the chosen B is the smallest B >= max(b, 2) whose best scale meets the tolerance.
-The snapping itself is ``uniq_tf.kquantile.snap_to_grid``, the function grid-aware training
+The snapping itself is ``uniq_tf.method.kquantile.snap_to_grid``, the function grid-aware training
 uses too (``KQuantileWeightQuantizer(grid_bits=B)``, ``uniq_tf.set_grid_bits``).
 """
 
@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from uniq_tf import kquantile
 from uniq_tf._keras import tf
+from uniq_tf.method import kquantile
 
 GRID_TOLERANCE = 0.01
 MAX_GRID_BITS = kquantile.MAX_GRID_BITS
@@ -62,7 +62,7 @@ def min_gap(levels: np.ndarray) -> np.ndarray:
 
 def snap_rows(levels: np.ndarray, bits: int) -> IntegerGrid:
     """Snaps every row of ``levels`` (C, k) to a B-bit grid with its own best scale
-    (``uniq_tf.kquantile.snap_to_grid``, in float64; rows in chunks to bound memory)."""
+    (``uniq_tf.method.kquantile.snap_to_grid``, in float64; rows in chunks to bound memory)."""
     levels = np.asarray(levels, np.float64)
     chunk = max(1, _MAX_CHUNK_ELEMENTS // (len(kquantile.grid_tops(bits)) * levels.shape[1]))
     parts = [kquantile.snap_to_grid(tf.constant(levels[i:i + chunk]), bits)

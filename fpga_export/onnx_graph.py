@@ -38,8 +38,9 @@ from onnx import TensorProto, helper, numpy_helper
 from fpga_export.actquant import QuantParams
 from fpga_export.grid import IntegerGrid
 from uniq_tf import internals
-from uniq_tf._keras import keras, tf
-from uniq_tf.quantize import Codebook
+from uniq_tf._keras import keras
+from uniq_tf.method.codebook import Codebook
+from uniq_tf.util import graph
 
 L = keras.layers
 ONNX_OPSET = 11  # qonnx's and FINN's preferred opset
@@ -284,10 +285,11 @@ class GraphBuilder:
         by_depth = internals.nodes_by_depth(model)
         for depth in sorted(by_depth, reverse=True):
             for node in by_depth[depth]:
-                if node.is_input:
+                if internals.node_is_input(node):
                     continue
-                outs = self._call(node.layer, [env[_history_key(t)] for t in node.keras_inputs])
-                for t, v in zip(tf.nest.flatten(node.outputs), outs, strict=True):
+                outs = self._call(internals.node_layer(node),
+                                  [env[_history_key(t)] for t in internals.node_inputs(node)])
+                for t, v in zip(internals.node_outputs(node), outs, strict=True):
                     env[_history_key(t)] = v
         return [env[_history_key(t)] for t in model.outputs]
 
@@ -479,7 +481,7 @@ class GraphBuilder:
         if x.layout == "flat_chw":
             x = self._keras_order(x, layer.name)
         channels = x.kshape[-1]
-        weights = {w.name.split("/")[-1].split(":")[0]: w.numpy() for w in layer.weights}
+        weights = {graph.weight_name(w): w.numpy() for w in layer.weights}
         gamma = weights.get("gamma", np.ones(channels, np.float32))
         beta = weights.get("beta", np.zeros(channels, np.float32))
         inputs = [x.name] + [

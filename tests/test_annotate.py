@@ -52,7 +52,7 @@ def test_annotate_two_layers_apply_train_strip_and_export(digits, tmp_path):
     # float conv2 and stays float.
     assert kernel_layers(quantized) == {"conv1": 2, "fc": 4}
     assert activation_layers(quantized) == {"relu1"}
-    assert not isinstance(quantized.get_layer("conv2"), uniq_tf.quantize.QuantizeWrapper)
+    assert not isinstance(quantized.get_layer("conv2"), uniq_tf.integration.inspection.QuantizeWrapper)
 
     uniq_tf.calibrate_activations(quantized, x_train[:128], verbose=False)
     quantized.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -106,7 +106,7 @@ def test_annotation_errors_name_the_layer_and_the_way_out():
         uniq_tf.quantize_annotate_layer(L.Flatten(name="flat"))
     with pytest.raises(ValueError, match="'r' \\(ReLU\\), an activation layer"):
         uniq_tf.quantize_annotate_layer(L.ReLU(name="r"), weight_bits=2)
-    with pytest.raises(ValueError, match="weight_bits of 'd' must be in 1..16"):
+    with pytest.raises(ValueError, match="weight_bits of 'd' must be an integer in 1..16"):
         uniq_tf.quantize_annotate_layer(L.Dense(2, name="d"), weight_bits=32)
     with pytest.raises(ValueError, match="no annotated layer"):
         uniq_tf.quantize_apply(three_conv_model())

@@ -470,17 +470,17 @@ def test_unknown_shapes_say_to_build_with_a_fixed_input_shape():
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"weight_bits": 4}, "both weight_bits and activation_bits"),
-    ({"weight_bits": 0, "activation_bits": 8}, r"weight_bits must be in 1\.\.16, got 0"),
-    ({"weight_bits": 17, "activation_bits": 8}, r"weight_bits must be in 1\.\.16"),
+    ({"weight_bits": 0, "activation_bits": 8}, r"weight_bits must be an integer in 1\.\.16, got 0"),
+    ({"weight_bits": 17, "activation_bits": 8}, r"weight_bits must be an integer in 1\.\.16"),
     ({"weight_bits": 4.5, "activation_bits": 8}, "weight_bits must be an integer"),
-    ({"weight_bits": 4, "activation_bits": 1}, r"activation_bits must be in 2\.\.16"),
+    ({"weight_bits": 4, "activation_bits": 1}, r"activation_bits must be an integer in 2\.\.16"),
     ({"weight_bits": 4, "activation_bits": 8, "layer_bits": {"nope": (4, 8)}},
      r"Unknown layer names \['nope'\]"),
     ({"weight_bits": 4, "activation_bits": 8, "layer_bits": {"c1": 4}}, "must be a pair"),
     ({"weight_bits": 4, "activation_bits": 8, "layer_bits": {"c1": (4, 99)}},
-     r"layer_bits\['c1'\]\[1\] must be in 2\.\.16"),
-    ({"weight_bits": 4, "activation_bits": 8, "input_bits": 0}, r"input_bits must be a pos"),
-    ({"input_bits": 33}, r"input_bits must be in 1\.\.32, got 33"),
+     r"layer_bits\['c1'\]\[1\] must be an integer in 2\.\.16"),
+    ({"weight_bits": 4, "activation_bits": 8, "input_bits": 0}, r"input_bits must be an integer in 1\.\.32, got 0"),
+    ({"input_bits": 33}, r"input_bits must be an integer in 1\.\.32, got 33"),
 ])
 def test_bad_bit_specs(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -506,7 +506,7 @@ def test_pure_functions_reject_bad_shapes():
         bops.conv_bops(8, 6, 3, 3, 4, 8, 10, groups=4)
     with pytest.raises(ValueError, match="m must be a positive integer"):
         bops.conv_macs(0, 3, 3, 3, 1)
-    with pytest.raises(ValueError, match=r"b_w must be in 1\.\.32"):
+    with pytest.raises(ValueError, match=r"b_w must be an integer in 1\.\.32"):
         bops.dense_bops(4, 4, 64, 8)
     with pytest.raises(ValueError, match="padding must be"):
         bops.conv_output_length(8, 3, padding="full")

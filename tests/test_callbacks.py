@@ -12,9 +12,9 @@ import pytest
 
 import uniq_tf
 from uniq_tf._keras import keras, tf
-from uniq_tf.callbacks import STAGE_LOG_KEY, GradualQuantization
-from uniq_tf.quantize import float_kernel, kernel_wrappers
-from uniq_tf.quantizers import ActMode, Mode
+from uniq_tf.integration.inspection import float_kernel, kernel_wrappers
+from uniq_tf.method.quantizers import ActMode, Mode
+from uniq_tf.schedule.gradual import STAGE_LOG_KEY, GradualQuantization
 
 KERNELS = ["conv1", "conv2", "fc1", "fc2"]
 # Schedule of the scheduled run: 1 warm-up epoch, 4 one-layer stages of 2 epochs, 1 final epoch.
@@ -109,7 +109,8 @@ class StopAfter(keras.callbacks.Callback):
 
 def schedule():
     """The paper's schedule (no straight-through polish)."""
-    return GradualQuantization("layer", WARMUP, PER_STAGE, FINAL, verbose=1, polish_epochs=0)
+    return GradualQuantization("layer", warmup_epochs=WARMUP, epochs_per_stage=PER_STAGE,
+                               final_epochs=FINAL, verbose=1, polish_epochs=0)
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +132,8 @@ def scheduled_run(train_data, initial_weights, tmp_path_factory):
     probe = Probe(traces)
     logs_dir = tmp_path_factory.mktemp("tb")
     callbacks = [
-        GradualQuantization("layer", WARMUP, PER_STAGE, FINAL, verbose=1, log_dir=logs_dir,
+        GradualQuantization("layer", warmup_epochs=WARMUP, epochs_per_stage=PER_STAGE,
+                               final_epochs=FINAL, verbose=1, log_dir=logs_dir,
                             polish_epochs=0),
         probe,
     ]
@@ -351,13 +353,14 @@ def test_plan_includes_nested_models():
 
 def test_epoch_bookkeeping():
     model = uniq_tf.quantize_model(float_model())
-    gq = GradualQuantization("layer", WARMUP, PER_STAGE, FINAL)
+    gq = GradualQuantization("layer", warmup_epochs=WARMUP, epochs_per_stage=PER_STAGE,
+                             final_epochs=FINAL)
     with pytest.raises(RuntimeError, match="plan"):
         gq.stage_at(0)
     assert gq.total_epochs(model) == EPOCHS
     assert [gq.stage_at(e) for e in range(EPOCHS + 3)] == STAGES + [4, 4, 4]
-    assert GradualQuantization(2, 0, 3, 0).stage_at(np.int64(5)) == 1
-    assert GradualQuantization(2, 0, 3, 0).total_epochs(model) == 6
+    assert GradualQuantization(2, epochs_per_stage=3, final_epochs=0).stage_at(np.int64(5)) == 1
+    assert GradualQuantization(2, epochs_per_stage=3, final_epochs=0).total_epochs(model) == 6
 
 
 @pytest.mark.parametrize(

@@ -100,7 +100,7 @@ def _noise_per_replica(strategy) -> dict:
     import uniq_tf
     from uniq_tf import kquantile, models
     from uniq_tf._keras import keras, tf
-    from uniq_tf.quantize import float_kernel, kernel_wrappers, weight_quantizers
+    from uniq_tf.integration.inspection import float_kernel, kernel_wrappers, weight_quantizers
 
     keras.utils.set_random_seed(2)
     with strategy.scope():
@@ -148,8 +148,8 @@ def _schedule_under_strategy(strategy, x, y) -> dict:
     import uniq_tf
     from uniq_tf import kquantile, models
     from uniq_tf._keras import keras
-    from uniq_tf.callbacks import GradualQuantization
-    from uniq_tf.quantize import float_kernel, kernel_wrappers, weight_quantizers
+    from uniq_tf.integration.inspection import float_kernel, kernel_wrappers, weight_quantizers
+    from uniq_tf.schedule.gradual import GradualQuantization
 
     keras.utils.set_random_seed(3)
     with strategy.scope():
@@ -201,7 +201,7 @@ def _calibration(strategy, x) -> dict:
     import uniq_tf
     from uniq_tf import models
     from uniq_tf._keras import keras, tf
-    from uniq_tf.quantize import output_quantizers, wrappers
+    from uniq_tf.integration.inspection import output_quantizers, wrappers
 
     batches = tf.data.Dataset.from_tensor_slices(x).batch(64)
     keras.utils.set_random_seed(4)

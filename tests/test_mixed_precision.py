@@ -7,7 +7,7 @@ import pytest
 
 import uniq_tf
 from uniq_tf._keras import keras, tf
-from uniq_tf.quantize import kernel_wrappers, output_quantizers, wrappers
+from uniq_tf.integration.inspection import kernel_wrappers, output_quantizers, wrappers
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import pytest
 import uniq_tf
 from uniq_tf import models
 from uniq_tf._keras import keras
-from uniq_tf.quantize import kernel_wrappers
+from uniq_tf.integration.inspection import kernel_wrappers
 
 
 def trainable_count(model) -> int:

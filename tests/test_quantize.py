@@ -6,8 +6,8 @@ import pytest
 import uniq_tf
 from uniq_tf import Mode
 from uniq_tf._keras import keras, tf
-from uniq_tf.quantize import kernel_wrappers, weight_quantizers
-from uniq_tf.quantizers import KQuantileWeightQuantizer
+from uniq_tf.integration.inspection import kernel_wrappers, weight_quantizers
+from uniq_tf.method.quantizers import KQuantileWeightQuantizer
 
 L = keras.layers
 
@@ -78,7 +78,7 @@ def test_quantize_model_keeps_original_model_untouched():
     model = small_cnn()
     before = [w.numpy().copy() for w in model.weights]
     q = uniq_tf.quantize_model(model)
-    kernel = uniq_tf.quantize.float_kernel(q.get_layer("c1"))
+    kernel = uniq_tf.integration.inspection.float_kernel(q.get_layer("c1"))
     kernel.assign(tf.zeros_like(kernel))
     assert all(np.array_equal(b, w.numpy()) for b, w in zip(before, model.weights, strict=False))
 
@@ -333,14 +333,14 @@ def test_save_and_load_gives_bit_identical_outputs(tmp_path, fmt):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"weight_bits": 0}, "weight_bits must be in 1..16, got 0"),
-        ({"weight_bits": 17}, "weight_bits must be in 1..16, got 17"),
+        ({"weight_bits": 0}, "weight_bits must be an integer in 1..16, got 0"),
+        ({"weight_bits": 17}, "weight_bits must be an integer in 1..16, got 17"),
         ({"weight_bits": 4.0}, "weight_bits must be an integer"),
-        ({"activation_bits": 1}, "activation_bits must be in 2..16, got 1"),
-        ({"activation_bits": 32}, "activation_bits must be in 2..16, got 32"),
+        ({"activation_bits": 1}, "activation_bits must be an integer in 2..16, got 1"),
+        ({"activation_bits": 32}, "activation_bits must be an integer in 2..16, got 32"),
         ({"layer_bits": {"nope": (4, 8)}}, "Unknown layer names ['nope']"),
         ({"skip_layers": ["c9"]}, "Unknown layer names ['c9']"),
-        ({"layer_bits": {"c1": (0, 8)}}, "layer_bits['c1'][0] must be in 1..16"),
+        ({"layer_bits": {"c1": (0, 8)}}, "layer_bits['c1'][0] must be an integer in 1..16"),
         ({"layer_bits": {"c1": 4}}, "must be a pair"),
         ({"layer_bits": {"bn1": (2, 2)}}, "names 'bn1' (BatchNormalization), which UNIQ does not"),
         ({"layer_bits": {"r1": (2, 3)}}, "sets weight bits 2, but 'r1' is an activation layer"),

@@ -11,7 +11,7 @@ import pytest
 
 import uniq_tf
 from uniq_tf._keras import keras
-from uniq_tf.saving import (
+from uniq_tf.integration.saving import (
     KERAS_FORMAT_WARNING,
     is_keras_format,
     load_quantized,

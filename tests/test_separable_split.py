@@ -1,5 +1,5 @@
 """A quantized SeparableConv2D is split in DepthwiseConv2D ``<name>_depthwise`` + 1x1 Conv2D
-``<name>`` (uniq_tf.scheme, issue 17 item 11): names, float equivalence, the plan's bits,
+``<name>`` (uniq_tf.integration.layout): names, float equivalence, the plan's bits,
 codebooks, stripping, BOPs and the FINN export of the split layers."""
 
 import numpy as np
@@ -8,8 +8,8 @@ import pytest
 import uniq_tf
 from uniq_tf import ActMode, Mode
 from uniq_tf._keras import keras
-from uniq_tf.quantize import kernel_wrappers, wrappers
-from uniq_tf.saving import load_quantized
+from uniq_tf.integration.inspection import kernel_wrappers, wrappers
+from uniq_tf.integration.saving import load_quantized
 
 L = keras.layers
 
@@ -77,7 +77,7 @@ def test_split_names_types_and_float_equivalence(build):
     wrapped = {w.layer.name: w.layer for w in kernel_wrappers(q)}
     assert list(wrapped) == ["sep_depthwise", "sep", "fc"]
     depthwise, pointwise = wrapped["sep_depthwise"], wrapped["sep"]
-    source = next(layer for layer in uniq_tf.quantize.flatten_layers(model)
+    source = next(layer for layer in uniq_tf.util.graph.layers(model)
                   if layer.name == "sep")
     assert type(depthwise) is L.DepthwiseConv2D and type(pointwise) is L.Conv2D
     assert not depthwise.use_bias and depthwise.activation.__name__ == "linear"
@@ -90,7 +90,7 @@ def test_split_names_types_and_float_equivalence(build):
     np.testing.assert_allclose(q(x, training=False).numpy(), model(x, training=False).numpy(),
                                rtol=1e-5, atol=1e-5)
     assert not any(isinstance(layer, L.SeparableConv2D)
-                   for layer in uniq_tf.quantize.flatten_layers(q))
+                   for layer in uniq_tf.util.graph.layers(q))
 
 
 def test_the_float_model_is_not_changed():
@@ -156,13 +156,13 @@ def test_strip_holds_the_codebook_values_of_both_halves():
 def test_training_updates_both_halves():
     q = uniq_tf.quantize_model(functional(), weight_bits=3)
     q.compile("sgd", keras.losses.MeanSquaredError())
-    before = {n: uniq_tf.quantize.float_kernel(q.get_layer(n), a).numpy().copy()
+    before = {n: uniq_tf.integration.inspection.float_kernel(q.get_layer(n), a).numpy().copy()
               for n, a in (("sep_depthwise", "depthwise_kernel"), ("sep", "kernel"))}
     q.fit(x_batch((9, 9, 3), 8), np.ones((8, 4), "float32"), epochs=1, verbose=0)
     for (name, attr), value in zip(
             (("sep_depthwise", "depthwise_kernel"), ("sep", "kernel")), before.values(),
             strict=True):
-        assert not np.array_equal(uniq_tf.quantize.float_kernel(q.get_layer(name), attr).numpy(),
+        assert not np.array_equal(uniq_tf.integration.inspection.float_kernel(q.get_layer(name), attr).numpy(),
                                   value), name
 
 
@@ -192,7 +192,7 @@ def test_allocation_sensitivity_quantizes_both_halves(monkeypatch):
 
     monkeypatch.setattr(allocate, "_hard_kernels", recording)
     model = randomize(functional())
-    scores, _ = allocate.measure_sensitivity(model, x_batch((9, 9, 3), 8),
+    scores, _, _ = allocate.measure_sensitivity(model, x_batch((9, 9, 3), 8),
                                              {"sep": [(2, 8)], "fc": [(2, None)]}, batches=1)
     assert seen == ["sep_depthwise", "sep", "fc"]
     assert scores["sep"][(2, 8)] > 0
@@ -202,13 +202,16 @@ def test_allocation_sensitivity_quantizes_both_halves(monkeypatch):
 def test_a_wrapped_separable_conv_of_an_older_model_still_loads_and_strips(tmp_path):
     """Models quantized before the split hold a wrapped SeparableConv2D: loading (.h5),
     codebooks ("layer/attribute" keys) and stripping still work."""
-    from uniq_tf import quantize
-    from uniq_tf.scheme import UniqQuantizeRegistry
+    from uniq_tf.integration import plan as planning
+    from uniq_tf.util import graph
 
     model = randomize(functional())
-    plan = quantize._plan(model, 2, 8, {}, set(), False, "gaussian", 1.0, "clipped")
+    configs = planning.plan(model, planning.annotations_for(model), uniq_tf.UniqSettings(2, 8))
     with uniq_tf.quantize_scope():
-        old = quantize._apply(quantize._copy_with_weights(model), UniqQuantizeRegistry(plan))
+        copy = keras.models.clone_model(model)
+        copy.set_weights(model.get_weights())
+        old = graph.clone(copy, lambda layer: planning.QuantizeWrapper(
+            layer, configs[layer.name], name_prefix="") if layer.name in configs else layer)
     assert isinstance(old.get_layer("sep").layer, L.SeparableConv2D)
     old.save(tmp_path / "old.h5")
     loaded = load_quantized(tmp_path / "old.h5")

@@ -16,8 +16,8 @@ import pytest
 
 import uniq_tf
 from uniq_tf._keras import keras, tf
-from uniq_tf.callbacks import GradualQuantization
-from uniq_tf.quantize import float_kernel, kernel_wrappers
+from uniq_tf.integration.inspection import float_kernel, kernel_wrappers
+from uniq_tf.schedule.gradual import GradualQuantization
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_callbacks import count_traces  # noqa: E402
@@ -156,8 +156,8 @@ def test_after_fit_nothing_is_frozen_and_the_patched_function_is_dropped(digits)
     model, schedule, _ = staged_run(digits)
     assert "apply_gradients" not in vars(model.optimizer)
     assert model.train_function is None
-    assert schedule._frozen_flags and not any(
-        bool(f.numpy()) for f in schedule._frozen_flags.values())
+    assert schedule._frozen.flags and not any(
+        bool(f.numpy()) for f in schedule._frozen.flags.values())
     # A later fit without the callback trains every kernel again.
     before = {n: float_kernel(model.get_layer(n)).numpy().copy() for n in KERNELS}
     x, y = digits[0][:N_TRAIN], digits[1][:N_TRAIN]

@@ -14,11 +14,11 @@ from hypothesis import strategies as st
 import tflite_export
 import uniq_tf
 from tflite_export import export as export_module
-from tflite_export.packed import pack_indices, unpack_indices
 from tflite_export.runtime import Interpreter, OpResolverType, constant_tensors
 from tflite_export.samples import as_samples
 from uniq_tf import atomic
 from uniq_tf._keras import keras, tf
+from uniq_tf.method.codebook import pack_indices, unpack_indices
 
 L = keras.layers
 BITS = 4

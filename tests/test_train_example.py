@@ -109,7 +109,7 @@ def test_reference_preset_with_clipped_noise_and_polish(tmp_path, monkeypatch):
     assert float(optimizer.learning_rate) == pytest.approx(3e-3)
     with uniq_tf.quantize_scope():
         loaded = keras.models.load_model(tmp_path / "out" / "quantized_model.h5", compile=False)
-    from uniq_tf.quantize import kernel_wrappers, weight_quantizers
+    from uniq_tf.integration.inspection import kernel_wrappers, weight_quantizers
 
     assert {q.noise for w in kernel_wrappers(loaded) for _, q, _ in weight_quantizers(w)} == {
         "clipped"}
@@ -150,30 +150,30 @@ def test_tfds_data_sets_end_to_end_on_mock_data(tmp_path, dataset, stages, expec
 
 
 BAD_FLAGS = [
-    ({"model": "resnet19"}, r"Unknown model 'resnet19'; allowed: \[.*'small_cnn'"),
-    ({"dataset": "mnist"}, r"Unknown dataset 'mnist'; allowed: \['digits'"),
+    ({"model": "resnet19"}, r"model must be one of \[.*'small_cnn'.*\], got 'resnet19'"),
+    ({"dataset": "mnist"}, r"dataset must be one of \['digits'.*got 'mnist'"),
     ({"float_epochs": -1}, r"float_epochs must be an integer >= 0, got -1"),
     ({"final_epochs": -2}, r"final_epochs must be an integer >= 0, got -2"),
     ({"epochs_per_stage": 0}, r"epochs_per_stage must be an integer >= 1"),
-    ({"weight_bits": 0}, r"weight_bits must be an integer 1..16, got 0"),
-    ({"weight_bits": 17}, r"weight_bits must be an integer 1..16, got 17"),
-    ({"activation_bits": 1}, r"activation_bits must be an integer 2..16, got 1"),
-    ({"optimizer": "rmsprop"}, r"Unknown optimizer 'rmsprop'; allowed: \['sgd', 'adam'\]"),
+    ({"weight_bits": 0}, r"weight_bits must be an integer in 1..16, got 0"),
+    ({"weight_bits": 17}, r"weight_bits must be an integer in 1..16, got 17"),
+    ({"activation_bits": 1}, r"activation_bits must be an integer in 2..16, got 1"),
+    ({"optimizer": "rmsprop"}, r"optimizer must be one of \['sgd', 'adam'\], got 'rmsprop'"),
     ({"strategy": "tpu"},
-     r"Unknown strategy 'tpu'; allowed: \['default', 'mirrored', 'multi_worker'\]"),
+     r"strategy must be one of \['default', 'mirrored', 'multi_worker'\], got 'tpu'"),
     ({"learning_rate": 0.0}, r"learning_rate must be > 0"),
     ({"layer_bits": "conv1=8"}, r"layer_bits entry 'conv1=8' must look like name=w"),
     ({"layer_bits": "conv9=8:8"}, r"Unknown layer names \['conv9'\]"),
-    ({"layer_bits": "conv1=20:8"}, r"layer_bits\['conv1'\]\[0\] must be in 1..16"),
+    ({"layer_bits": "conv1=20:8"}, r"layer_bits\['conv1'\]\[0\] must be an integer in 1..16"),
     ({"skip_layers": "conv1,nope"}, r"Unknown layer names \['nope'\]"),
     ({"stages": "5"}, r"stages=5 is more than the 4 quantized kernel layers"),
     ({"stages": 0}, r"stages \(number of stages\) must be an integer >= 1"),
     ({"stages": "conv1,conv2;conv3"}, r"stages leave out the quantized kernel layers \['fc'\]"),
     ({"stages": "conv1;relu1"}, r"stages name \['relu1'\], which are not quantized kernel"),
     ({"pretrained": "imagenet"}, r'pretrained="imagenet" is available for'),
-    ({"noise": "wide"}, r"Unknown noise 'wide'; allowed: \['paper', 'clipped', 'bin_matched'\]"),
-    ({"mixed_precision": "float16"}, r"Unknown mixed_precision 'float16'; allowed: "),
-    ({"preset": "fast"}, r"Unknown preset 'fast'; allowed: \['', 'reference'\]"),
+    ({"noise": "wide"}, r"noise must be one of \['paper', 'clipped', 'bin_matched'\], got 'wide'"),
+    ({"mixed_precision": "float16"}, r"mixed_precision must be one of .*, got 'float16'"),
+    ({"preset": "fast"}, r"preset must be one of \['', 'reference'\], got 'fast'"),
     ({"polish_epochs": 1}, r"polish_epochs must be less than every stage's length \(1\)"),
     ({"pretrained": "/no/such/weights.h5"}, r"pretrained weights file .* does not exist"),
     ({"dataset": "cifar10", "data_dir": "EMPTY"}, r"No prepared 'cifar10' data .*tfds build"),

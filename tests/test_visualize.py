@@ -6,7 +6,7 @@ from PIL import Image
 
 import uniq_tf
 from uniq_tf._keras import keras, tf
-from uniq_tf.visualize import (
+from uniq_tf.cost.visualize import (
     LEVELS_GID,
     THRESHOLDS_GID,
     WeightHistograms,

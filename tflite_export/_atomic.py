@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tflite_export.errors import ExportPathError
-from uniq_tf.atomic import atomic_path
+from uniq_tf.util.atomic import atomic_path
 
 
 def check_output_path(path: str | os.PathLike) -> Path:
@@ -37,7 +37,7 @@ def check_output_path(path: str | os.PathLike) -> Path:
 
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
-    """:func:`uniq_tf.atomic.atomic_path` after :func:`check_output_path`; a failed final
+    """:func:`uniq_tf.util.atomic.atomic_path` after :func:`check_output_path`; a failed final
     rename raises ExportPathError."""
     path = check_output_path(path)
     renaming = False

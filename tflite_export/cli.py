@@ -24,7 +24,9 @@ import tflite_export
 import uniq_tf
 from tflite_export.export import CALIBRATION_SAMPLES
 from tflite_export.samples import random_samples
-from uniq_tf import atomic, data, saving
+from uniq_tf.integration import saving
+from uniq_tf.util import atomic
+from uniq_tf.zoo import data
 
 # absl prints the docstring and every flag before an app.UsageError; a bad value gets one line.
 USAGE_HINT = " (pass --helpshort to see the flags)"

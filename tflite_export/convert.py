@@ -19,7 +19,7 @@ import numpy as np
 from tflite_export import ranges as range_tools
 from tflite_export.errors import ConversionError
 from uniq_tf._keras import tf
-from uniq_tf.quantize import flatten_layers
+from uniq_tf.util.graph import layers as flatten_layers
 
 MODES = ("float", "dynamic", "int8")
 RANGE_SOURCES = ("learned", "calibrated")

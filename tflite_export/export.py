@@ -49,7 +49,7 @@ from uniq_tf import (
     weight_modes,
 )
 from uniq_tf._keras import require_keras2_model
-from uniq_tf.quantize import check_finite_weights
+from uniq_tf.util.graph import check_finite_weights
 
 CALIBRATION_SAMPLES = 500
 VERIFY_SAMPLES = 256

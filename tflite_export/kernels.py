@@ -20,7 +20,7 @@ import numpy as np
 
 from tflite_export import runtime
 from tflite_export.ranges import names_layer
-from uniq_tf.quantize import Codebook
+from uniq_tf.method.codebook import Codebook
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from uniq_tf import inputs
+from uniq_tf.util import inputs
 
 RANDOM_SAMPLES = 32
 

@@ -10,6 +10,7 @@ one place, instead of deep inside an exporter.
 
 from __future__ import annotations
 
+import sys
 from typing import Any, NamedTuple
 
 from uniq_tf._keras import keras, tf
@@ -86,6 +87,32 @@ def inbound_nodes(layer) -> list:
     return list(_read(layer, "_inbound_nodes"))
 
 
+def node_inbound(node) -> list[tuple]:
+    """(layer, node index, tensor index) of every tensor a layer call (a Keras ``Node``)
+    consumes, in order."""
+    return [tuple(item[:3]) for item in _read(node, "iterate_inbound")()]
+
+
+def node_outputs(node) -> list:
+    """The symbolic output tensors of a layer call, flattened."""
+    return tf.nest.flatten(_read(node, "outputs"))
+
+
+def node_inputs(node) -> list:
+    """The symbolic input tensors of a layer call that come from other layers."""
+    return list(_read(node, "keras_inputs"))
+
+
+def node_layer(node):
+    """The layer a node is a call of."""
+    return _read(node, "layer")
+
+
+def node_is_input(node) -> bool:
+    """True for the node of an ``InputLayer``."""
+    return bool(_read(node, "is_input"))
+
+
 def nodes_by_depth(model) -> dict[int, list]:
     """A Functional model's nodes keyed by depth (0 = the output layers' nodes)."""
     return _read(model, "_nodes_by_depth")
@@ -95,6 +122,45 @@ def is_network_node(model, layer, node_index: int) -> bool:
     """True when ``layer``'s call ``node_index`` belongs to ``model``'s graph (a layer shared
     with another model has calls that do not)."""
     return f"{layer.name}_ib-{node_index}" in _read(model, "_network_nodes")
+
+
+# --- TensorFlow internals --------------------------------------------------------------------
+
+
+def assign_moving_average(variable, value, decay: float):
+    """``variable = decay * variable + (1 - decay) * value`` (no zero-debiasing), as TFMOT's
+    MovingAverageQuantizer updates its range; returns the updated value."""
+    return tf.__internal__.train.assign_moving_average(variable, value, decay,
+                                                       zero_debias=False)
+
+
+def merge_call(fn, *args):
+    """Runs ``fn(strategy, *args)`` once across replicas from replica context (under
+    tf.distribute), or directly where there is no strategy, as optimizers' updates do."""
+    return tf.__internal__.distribute.interim.maybe_merge_call(
+        fn, tf.distribute.get_strategy(), *args)
+
+
+_KERAS_V3_SAVER = ("tf_keras.src.saving.saving_lib", "save_model")
+_LIBRARIES = ("tf_keras", "keras", "tensorflow", "tensorflow_model_optimization", "uniq_tf")
+
+
+def keras_v3_save() -> tuple[tuple, int] | None:
+    """While tf_keras writes a model in the .keras (v3) format (its ``saving_lib``
+    ``save_model`` is on the call stack): (a key of that save, the same for every call made
+    during it; the ``stacklevel`` at which ``warnings.warn``, called by this function's
+    caller, points at the user's line that saved). None otherwise. The .keras format cannot
+    hold a quantized model (TFMOT's wrappers do not restore from it); configs ask this to
+    warn once per save."""
+    frame, depth, key = sys._getframe(1), 1, None
+    while frame is not None:
+        module = frame.f_globals.get("__name__", "")
+        if key is None and (module, frame.f_code.co_name) == _KERAS_V3_SAVER:
+            key = (id(frame), repr(frame.f_locals.get("filepath")))
+        elif key is not None and module.split(".")[0] not in _LIBRARIES:
+            return key, depth
+        frame, depth = frame.f_back, depth + 1
+    return None if key is None else (key, depth - 1)
 
 
 # --- tf_keras optimizers -----------------------------------------------------------------------
@@ -161,6 +227,14 @@ def interpreter_ops(interpreter) -> list[dict]:
 
 __all__ = [
     "KerasHistory",
+    "assign_moving_average",
+    "merge_call",
+    "node_inbound",
+    "node_inputs",
+    "node_is_input",
+    "node_layer",
+    "node_outputs",
+    "keras_v3_save",
     "inbound_nodes",
     "interpreter_ops",
     "is_graph_network",

@@ -16,7 +16,9 @@ from absl import flags
 from tqdm.auto import tqdm
 
 import uniq_tf  # noqa: F401  (sets up Keras 2 before TensorFlow loads)
-from uniq_tf import atomic, bops, models, plots
+from uniq_tf.cost import bops, plots
+from uniq_tf.util import atomic
+from uniq_tf.zoo import models
 
 DEFAULT_BITS = ["32,32", "8,8", "5,8", "4,8", "4,4", "3,3", "2,4", "2,2"]
 MODEL_TITLES = {
@@ -109,7 +111,7 @@ dense layer quantized, first and last included), read by the same rules as a qua
 
 ```python
 import uniq_tf
-from uniq_tf import models
+from uniq_tf.zoo import models
 
 model = models.resnet18((224, 224, 3), 1000)
 report = uniq_tf.summary(model, weight_bits=4, activation_bits=8)  # price a plan, no training

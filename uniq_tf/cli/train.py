@@ -13,7 +13,7 @@
 
 Steps (schedule: uniq_tf/callbacks.py, docs/method.md): load the data; train the float model
 (or load ``--pretrained``); evaluate it; ``uniq_tf.quantize_model``; calibrate the activation
-ranges on a few training batches; fine-tune with ``uniq_tf.callbacks.GradualQuantization``
+ranges on a few training batches; fine-tune with ``uniq_tf.GradualQuantization``
 (warm-up, one stage per layer or block, final epochs); evaluate with every quantizer on. With a
 budget (``--max_bops``, ``--max_weight_kb``), ``uniq_tf.allocate_bits`` chooses each layer's bits on
 the trained float model before quantizing (summary.json's "allocation"; bops.txt ends with the
@@ -44,8 +44,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from uniq_tf import data, models
-from uniq_tf.kquantile import DISTRIBUTIONS, NOISE_MODELS
+from uniq_tf.method.settings import DISTRIBUTIONS, NOISE_MODELS
 from uniq_tf.training.config import (
     LR_SCHEDULES,
     OPTIMIZERS,
@@ -63,6 +62,7 @@ from uniq_tf.training.resume import (
     check_resumable,
 )
 from uniq_tf.training.strategy import make_strategy, parse_tf_config
+from uniq_tf.zoo import data, models
 
 # absl prints the docstring and every flag before an app.UsageError; a bad value gets one line.
 USAGE_HINT = " (pass --helpshort to see the flags)"

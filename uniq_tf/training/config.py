@@ -8,12 +8,19 @@ import os
 import warnings
 from collections.abc import Sequence
 
-import numpy as np
-
-from uniq_tf import data, models
-from uniq_tf.kquantile import DISTRIBUTIONS, NOISE_MODELS
-from uniq_tf.quantize import ACTIVATION_BITS_RANGE, WEIGHT_BITS_RANGE
+from uniq_tf.method.settings import (
+    ACTIVATION_BITS_RANGE,
+    DEFAULTS,
+    DISTRIBUTIONS,
+    NOISE_MODELS,
+    WEIGHT_BITS_RANGE,
+    check_activation_bits,
+    check_weight_bits,
+)
+from uniq_tf.schedule.gradual import DEFAULT_EPOCHS_PER_STAGE, DEFAULT_FINAL_EPOCHS
 from uniq_tf.training.strategy import parse_tf_config
+from uniq_tf.util import checks
+from uniq_tf.zoo import data, models
 
 OPTIMIZERS = ("sgd", "adam")
 LR_SCHEDULES = ("constant", "cosine", "step")
@@ -36,7 +43,7 @@ class TrainConfig:
         name -> (w, a). stages: "layer", an int (or its string), "a,b;c,d" (explicit stages of
         kernel layer names), or a list of lists. skip_layers: "a,b" or a sequence of names.
         strategy: one of STRATEGIES; batch_size is the global batch (all replicas together).
-        noise: one of uniq_tf.kquantile.NOISE_MODELS. polish_epochs, first_stage_epochs: see
+        noise: one of uniq_tf.method.settings.NOISE_MODELS. polish_epochs, first_stage_epochs: see
         GradualQuantization (polish_epochs None: its default; first_stage_epochs 0:
         epochs_per_stage). The paper exactly: noise="paper", polish_epochs=0. lr_schedule "step":
         constant, then a tenth for the final epochs. preset "reference": the fields of
@@ -53,20 +60,20 @@ class TrainConfig:
     data_dir: str | None = None
     image_size: int | None = None
     augment: bool = True
-    weight_bits: int = 4
-    activation_bits: int = 8
+    weight_bits: int = DEFAULTS.weight_bits
+    activation_bits: int = DEFAULTS.activation_bits
     layer_bits: str | dict = ""
     skip_layers: str | Sequence[str] = ""
-    per_channel: bool = False
-    distribution: str = "gaussian"
-    high_noise: bool = False
-    noise: str = "clipped"
+    per_channel: bool = DEFAULTS.per_channel
+    distribution: str = DEFAULTS.distribution
+    high_noise: bool = DEFAULTS.high_noise
+    noise: str = DEFAULTS.noise
     grid_bits: int = 0
     stages: str | int | list = "layer"
     float_epochs: int = 15
     warmup_epochs: int = 0
-    epochs_per_stage: int = 2
-    final_epochs: int = 2
+    epochs_per_stage: int = DEFAULT_EPOCHS_PER_STAGE
+    final_epochs: int = DEFAULT_FINAL_EPOCHS
     first_stage_epochs: int = 0
     polish_epochs: int | None = None
     preset: str = ""
@@ -157,13 +164,10 @@ def _check_budget(config: TrainConfig) -> None:
             raise ValueError(f"{field} must be a number >= 0 (0: no budget; <= 1: a fraction "
                              f"of the float model's), got {value!r}")
     _check_int(config, "allocation_batches", 1)
-    for field, allowed in (("allocation_weight_bits", WEIGHT_BITS_RANGE),
-                           ("allocation_activation_bits", ACTIVATION_BITS_RANGE)):
-        bad = [b for b in parse_bit_list(getattr(config, field), field)
-               if not allowed[0] <= b <= allowed[1]]
-        if bad:
-            raise ValueError(f"{field}: bit widths must be in {allowed[0]}..{allowed[1]}, "
-                             f"got {bad}")
+    for field, check in (("allocation_weight_bits", check_weight_bits),
+                         ("allocation_activation_bits", check_activation_bits)):
+        for bits in parse_bit_list(getattr(config, field), field):
+            check(bits, field)
     if has_budget(config) and config.strategy == "multi_worker":
         raise ValueError("max_bops/max_weight_kb with --strategy=multi_worker is not "
                          "supported: each worker would measure sensitivity on its own shard "
@@ -205,23 +209,19 @@ def apply_preset(config: TrainConfig) -> TrainConfig:
 
 
 def _check_int(config, field: str, minimum: int, maximum: int | None = None) -> None:
-    value = getattr(config, field)
-    bad = isinstance(value, bool) or not isinstance(value, (int, np.integer))
-    if bad or value < minimum or (maximum is not None and value > maximum):
-        allowed = f"{minimum}..{maximum}" if maximum is not None else f">= {minimum}"
-        raise ValueError(f"{field} must be an integer {allowed}, got {value!r}")
+    checks.check_int(getattr(config, field), field, minimum, maximum)
 
 
 def _check_choice(config, field: str, allowed: Sequence[str]) -> None:
-    if getattr(config, field) not in allowed:
-        raise ValueError(f"Unknown {field} {getattr(config, field)!r}; allowed: {list(allowed)}")
+    checks.check_choice(getattr(config, field), field, allowed)
 
 
 def validate_config(config: TrainConfig) -> None:
     """The checks that need neither data nor a model; ValueError naming the flag."""
     _check_choice(config, "model", sorted(models.MODELS))
     if config.dataset.split("/")[0] not in data.DATASETS:
-        raise ValueError(f"Unknown dataset {config.dataset!r}; allowed: {list(data.DATASETS)}")
+        raise ValueError(f"dataset must be one of {list(data.DATASETS)} (imagenette/<tfds config> "
+                         f"too), got {config.dataset!r}")
     _check_choice(config, "optimizer", OPTIMIZERS)
     _check_choice(config, "lr_schedule", LR_SCHEDULES)
     _check_choice(config, "distribution", DISTRIBUTIONS)

@@ -13,9 +13,9 @@ import time
 import numpy as np
 
 import uniq_tf
-from uniq_tf import atomic, data, models
 from uniq_tf._keras import keras
-from uniq_tf.callbacks import STAGE_LOG_KEY, GradualQuantization
+from uniq_tf.cost.allocate import check_budget
+from uniq_tf.schedule.gradual import STAGE_LOG_KEY, GradualQuantization
 from uniq_tf.training.config import (
     TrainConfig,
     apply_preset,
@@ -36,6 +36,8 @@ from uniq_tf.training.resume import (
     save_model,
 )
 from uniq_tf.training.strategy import make_strategy, shard_by_data
+from uniq_tf.util import atomic
+from uniq_tf.zoo import data, models
 
 
 def load_data(config: TrainConfig):
@@ -62,15 +64,20 @@ def build_float_model(config: TrainConfig, info: data.DatasetInfo) -> keras.Mode
     return model
 
 
+def settings(config: TrainConfig) -> uniq_tf.UniqSettings:
+    """The run's model-wide UNIQ settings."""
+    return uniq_tf.UniqSettings(
+        config.weight_bits, config.activation_bits, per_channel=config.per_channel,
+        distribution=config.distribution, noise=config.noise, high_noise=config.high_noise)
+
+
 def quantize(config: TrainConfig, model: keras.Model) -> keras.Model:
     """``quantize_model`` with the run's settings; with ``grid_bits``, every hard codebook is
     on that integer grid from the start (``uniq_tf.set_grid_bits``), so the FPGA export keeps
     B = grid_bits and computes what the trained model computes."""
     qmodel = uniq_tf.quantize_model(
-        model, config.weight_bits, config.activation_bits,
-        layer_bits=parse_layer_bits(config.layer_bits),
-        skip_layers=parse_names(config.skip_layers), per_channel=config.per_channel,
-        distribution=config.distribution, high_noise=config.high_noise, noise=config.noise,
+        model, layer_bits=parse_layer_bits(config.layer_bits),
+        skip_layers=parse_names(config.skip_layers), settings=settings(config),
     )
     if config.grid_bits:
         uniq_tf.set_grid_bits(qmodel, config.grid_bits)
@@ -241,13 +248,13 @@ def _allocation_args(config: TrainConfig, model: keras.Model) -> dict:
         activation_bits=parse_bit_list(config.allocation_activation_bits,
                                        "allocation_activation_bits"),
         layer_bits=parse_layer_bits(config.layer_bits),
-        skip_layers=parse_names(config.skip_layers), per_channel=config.per_channel,
+        skip_layers=parse_names(config.skip_layers), settings=settings(config),
     )
 
 
 def _check_budget(config: TrainConfig, model: keras.Model) -> None:
     try:
-        uniq_tf.allocate.check_budget(model, **_allocation_args(config, model))
+        check_budget(model, **_allocation_args(config, model))
     except ValueError as error:
         floats = uniq_tf.summary(model)
         raise ValueError(
@@ -267,8 +274,7 @@ def allocate(config: TrainConfig, ws: Workspace, model: keras.Model, train) -> d
     if os.path.isfile(path):
         return load_json(path)
     plan, report = uniq_tf.allocate_bits(
-        model, train, batches=config.allocation_batches, distribution=config.distribution,
-        **_allocation_args(config, model))
+        model, train, batches=config.allocation_batches, **_allocation_args(config, model))
     record = {"plan": {name: list(pair) for name, pair in plan.items()},
               "report": report.to_dict()}
     if config.verbose:

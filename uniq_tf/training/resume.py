@@ -14,11 +14,11 @@ import shutil
 import warnings
 
 import uniq_tf
-from uniq_tf import atomic
 from uniq_tf._keras import keras, tf
-from uniq_tf.callbacks import GradualQuantization
-from uniq_tf.quantize import output_quantizers, weight_quantizers, wrappers
+from uniq_tf.integration.inspection import output_quantizers, weight_quantizers, wrappers
+from uniq_tf.schedule.gradual import GradualQuantization
 from uniq_tf.training.config import TrainConfig, parse_layer_bits, parse_names, parse_stages
+from uniq_tf.util import atomic
 
 # Fields that may change between a killed run and its restart: they do not change the training.
 RESUMABLE_CHANGES = ("output_dir", "strategy", "verbose")

@@ -1,36 +1,29 @@
-"""UNIQ's quantize scheme: our registry and our layout, in place of TFMOT's 8-bit defaults.
+"""The one layout change UNIQ makes before wrapping: a quantized SeparableConv2D is split in two.
 
-TFMOT's default 8-bit scheme folds batch norm into convolutions, inserts an 8-bit input
-quantizer and adds 8-bit output quantizers to producers. UNIQ keeps batch norm as a float layer
-while training (it is fine-tuned; exporters fold it), leaves the model input as the data gives
-it, and quantizes exactly the tensors that the plan made by ``quantize_model`` names.
+As TFMOT does, a quantized ``SeparableConv2D`` named ``N`` becomes a ``DepthwiseConv2D`` named
+``N_depthwise`` (its strides, padding, dilation and depth multiplier; no bias, no activation)
+followed by a 1x1 ``Conv2D`` that keeps the name ``N`` (the pointwise kernel, the bias and the
+activation), weights copied. The same function, float to float precision; each half is an
+ordinary wrapped layer with one kernel, which the SavedModel format saves (a wrapped
+SeparableConv2D does not: its quantized pointwise kernel is captured from the wrapper's
+graph), and which the exporters handle. The pointwise half keeps the name because it produces
+the layer's output: layers downstream, model outputs and activation ranges are named as before.
+A plan entry for ``N`` (bits from ``layer_bits[N]``) covers both halves; both halves' configs
+name ``N`` as their owner, which is how ``N`` addresses both (:mod:`uniq_tf.integration.names`).
+A SeparableConv2D left in float (``skip_layers``) stays whole.
 
-The one layout change is TFMOT's too: a quantized ``SeparableConv2D`` named ``N`` becomes a
-``DepthwiseConv2D`` named ``N_depthwise`` (its strides, padding, dilation and depth multiplier;
-no bias, no activation) followed by a 1x1 ``Conv2D`` that keeps the name ``N`` (the pointwise
-kernel, the bias and the activation), weights copied. The same function, float to float
-precision; each half is an ordinary wrapped layer with one kernel, which the SavedModel format
-saves (a wrapped SeparableConv2D does not: its quantized pointwise kernel is captured from the
-wrapper's graph), and which the exporters already handle. The pointwise half keeps the name
-because it produces the layer's output: layers downstream, model outputs and activation ranges
-are named as before. A plan entry for ``N`` (bits from ``layer_bits[N]``) covers both halves;
-the depthwise half's config names ``N`` as its owner. A SeparableConv2D left in float
-(``skip_layers``) stays whole.
+Nothing else changes: no batch-norm folding, no inserted input quantizer (UNIQ keeps batch norm
+as a float layer while training, and the model input as the data gives it).
 """
 
 from __future__ import annotations
 
 import copy
 
-import tensorflow_model_optimization as tfmot
-
 from uniq_tf._keras import keras
-from uniq_tf.quantize_config import KernelQuantizeConfig
-from uniq_tf.quantizers import KQuantileWeightQuantizer
-
-_QuantizeScheme = tfmot.quantization.keras.QuantizeScheme
-_QuantizeRegistry = tfmot.quantization.keras.QuantizeRegistry
-_QuantizeLayoutTransform = tfmot.quantization.keras.QuantizeLayoutTransform
+from uniq_tf.integration.configs import KernelQuantizeConfig
+from uniq_tf.method.quantizers import KQuantileWeightQuantizer
+from uniq_tf.util import graph
 
 DEPTHWISE_SUFFIX = "_depthwise"
 _MODEL_CLASSES = ("Functional", "Model", "Sequential")
@@ -41,54 +34,29 @@ def split_names(name: str) -> tuple[str, str]:
     return name + DEPTHWISE_SUFFIX, name
 
 
-class UniqQuantizeRegistry(_QuantizeRegistry):
-    """Looks up each layer's QuantizeConfig by name in a plan made for one model."""
+def split_separable(model, plan: dict) -> tuple:
+    """(``model`` with its quantized SeparableConv2D layers split, ``plan`` (layer name ->
+    QuantizeConfig) for that model); both unchanged when nothing is split.
 
-    def __init__(self, plan: dict):
-        self._plan = plan
-
-    def supports(self, layer) -> bool:
-        return layer.name in self._plan
-
-    def get_quantize_config(self, layer):
-        return self._plan[layer.name]
-
-
-class UniqLayoutTransform(_QuantizeLayoutTransform):
-    """Splits each quantized SeparableConv2D in two (module doc); nothing else changes: no
-    batch-norm folding, no inserted input quantizer."""
-
-    def apply(self, model, layer_quantize_map):
-        """(the model with its quantized SeparableConv2D layers split, the plan
-        ``layer_quantize_map`` (layer name -> QuantizeConfig) for that model)."""
-        plan = layer_quantize_map
-        layers = _flat_layers(model)
-        names = [layer.name for layer in layers if _splits(layer, plan.get(layer.name))]
-        if not names:
-            return model, plan
-        taken = {layer.name for layer in layers}
-        for name in names:
-            depthwise = split_names(name)[0]
-            if depthwise in taken:
-                raise ValueError(
-                    f"uniq_tf splits the SeparableConv2D {name!r} into a DepthwiseConv2D "
-                    f"{depthwise!r} and a 1x1 Conv2D {name!r}, but the model already has a "
-                    f"layer named {depthwise!r}; rename that layer."
-                )
-        split = _rebuild(model, set(names))
-        _copy_split_weights(layers, _flat_layers(split), set(names))
-        return split, _split_plan(plan, set(names))
-
-
-class UniqQuantizeScheme(_QuantizeScheme):
-    def __init__(self, plan: dict):
-        self._plan = plan
-
-    def get_layout_transformer(self):
-        return UniqLayoutTransform()
-
-    def get_quantize_registry(self):
-        return UniqQuantizeRegistry(self._plan)
+    Raises:
+        ValueError: the model already has a layer named like a depthwise half.
+    """
+    layers = graph.layers(model)
+    names = [layer.name for layer in layers if _splits(layer, plan.get(layer.name))]
+    if not names:
+        return model, plan
+    taken = {layer.name for layer in layers}
+    for name in names:
+        depthwise = split_names(name)[0]
+        if depthwise in taken:
+            raise ValueError(
+                f"uniq_tf splits the SeparableConv2D {name!r} into a DepthwiseConv2D "
+                f"{depthwise!r} and a 1x1 Conv2D {name!r}, but the model already has a "
+                f"layer named {depthwise!r}; rename that layer."
+            )
+    split = _rebuild(model, set(names))
+    _copy_split_weights(layers, graph.layers(split), set(names))
+    return split, _split_plan(plan, set(names))
 
 
 # --------------------------------------------------------------------------- the split
@@ -101,13 +69,6 @@ def _splits(layer, config) -> bool:
         and isinstance(config, KernelQuantizeConfig)
         and set(config.weight_quantizers) == {"depthwise_kernel", "pointwise_kernel"}
     )
-
-
-def _flat_layers(model) -> list:
-    out = []
-    for layer in model.layers:
-        out.extend(_flat_layers(layer) if isinstance(layer, keras.Model) else [layer])
-    return out
 
 
 def _halves(config: dict) -> tuple[dict, dict]:
@@ -170,10 +131,8 @@ def _split_config(config: dict, names: set[str]) -> dict:
 
 def _classes(model) -> dict[str, type]:
     """Class name -> class of every layer and model in ``model``, for from_config."""
-    out = {type(model).__name__: type(model)}
-    for layer in model.layers:
-        out.update(_classes(layer) if isinstance(layer, keras.Model)
-                   else {type(layer).__name__: type(layer)})
+    out = {type(each).__name__: type(each) for each in (model, *graph.nested_models(model))}
+    out.update({type(layer).__name__: type(layer) for layer in graph.layers(model)})
     return out
 
 

@@ -12,7 +12,8 @@ import os
 from collections.abc import Mapping, Sequence
 from numbers import Real
 
-from uniq_tf import atomic, bops
+from uniq_tf.cost import bops
+from uniq_tf.util import atomic
 
 FULL_PRECISION = (32, 32)
 
@@ -29,7 +30,7 @@ PUBLISHED_METHOD = "UNIQ paper"
 
 
 def _published_model(name: str):
-    from uniq_tf import models  # builders are only needed for the published overlay
+    from uniq_tf.zoo import models  # builders are only needed for the published overlay
 
     builder = {"ResNet-18": models.resnet18, "MobileNet v1": models.mobilenet_v1}[name]
     return builder(input_shape=(224, 224, 3), num_classes=1000)

@@ -1,41 +1,28 @@
-"""Bit widths on a model's graph, for BOPs (:mod:`uniq_tf.bops`).
+"""Bit widths on a model's graph, for BOPs (:mod:`uniq_tf.cost.bops`).
 
 b_a of a layer is the width of the nearest activation quantizer upstream of its input, found by
-walking the graph back through layers that keep the bit width (:data:`PASS_THROUGH_TYPES`;
-merges take the widest input), across nested-model boundaries both ways. The model input counts
-``input_bits``; any other producer without a quantizer counts :data:`FLOAT_BITS`.
+walking the graph back through layers that keep the bit width
+(``uniq_tf.integration.registry.keeps_bit_width``, the one definition the FPGA descriptor uses
+too; merges take the widest input), across nested-model boundaries both ways. The model input
+counts ``input_bits``; any other producer without a quantizer counts :data:`FLOAT_BITS`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
-from uniq_tf import internals, quantize, registry
+from uniq_tf import internals
 from uniq_tf._keras import keras, tf
+from uniq_tf.integration import registry
+from uniq_tf.integration.inspection import QuantizeWrapper
 
 L = keras.layers
 FLOAT_BITS = 32
 
-# Layers whose output carries the bit width of their input: normalization and rescaling
-# (folded into the producer or the thresholds by deployment), routing, pooling and padding.
-PASS_THROUGH_TYPES: tuple[type, ...] = (
-    L.BatchNormalization, L.Rescaling, L.Normalization,
-    L.Dropout, L.GaussianNoise, L.GaussianDropout,
-    L.Flatten, L.Reshape, L.Permute,
-    L.ZeroPadding1D, L.ZeroPadding2D, L.ZeroPadding3D,
-    L.Cropping1D, L.Cropping2D, L.Cropping3D,
-    L.MaxPooling1D, L.MaxPooling2D, L.MaxPooling3D,
-    L.AveragePooling1D, L.AveragePooling2D, L.AveragePooling3D,
-    L.GlobalMaxPooling1D, L.GlobalMaxPooling2D, L.GlobalMaxPooling3D,
-    L.GlobalAveragePooling1D, L.GlobalAveragePooling2D, L.GlobalAveragePooling3D,
-    L.Add, L.Subtract, L.Average, L.Maximum, L.Minimum, L.Concatenate,
-)
-# An un-quantized ReLU keeps its input's grid; other non-linearities leave it (count 32).
-_GRID_KEEPING_ACTIVATIONS = ("linear", "relu")
-
 
 def inner_layer(layer):
-    return layer.layer if isinstance(layer, quantize.QuantizeWrapper) else layer
+    """The layer a quantize wrapper holds, or ``layer`` itself."""
+    return layer.layer if isinstance(layer, QuantizeWrapper) else layer
 
 
 class BitResolver:
@@ -56,7 +43,7 @@ class BitResolver:
 
     def input_width(self, node, scope: tuple) -> int:
         """The widest activation entering ``node`` (merges take the max of their inputs)."""
-        widths = [self.width(lyr, ni, ti, scope) for lyr, ni, ti, _ in node.iterate_inbound()]
+        widths = [self.width(lyr, ni, ti, scope) for lyr, ni, ti in internals.node_inbound(node)]
         return max(widths) if widths else self.input_bits
 
     def width(self, layer, node_index: int, tensor_index: int, scope: tuple) -> int:
@@ -71,7 +58,7 @@ class BitResolver:
                 return self.input_bits
             model, node = scope[-1]
             position = [internals.keras_history(t).layer for t in model.inputs].index(layer)
-            outer_layer, ni, ti, _ = list(node.iterate_inbound())[position]
+            outer_layer, ni, ti = internals.node_inbound(node)[position]
             return self.width(outer_layer, ni, ti, scope[:-1])
         if isinstance(layer, keras.Model):
             history = internals.keras_history(tf.nest.flatten(layer.outputs)[tensor_index])
@@ -83,19 +70,9 @@ class BitResolver:
         bits = getattr(config, "activation_bits", None)
         if bits is not None:
             return bits
-        if config is None and _keeps_bit_width(inner_layer(layer)):
+        if config is None and registry.keeps_bit_width(inner_layer(layer)):
             return self.input_width(internals.inbound_nodes(layer)[node_index], scope)
         return FLOAT_BITS
-
-
-def _keeps_bit_width(layer) -> bool:
-    if isinstance(layer, PASS_THROUGH_TYPES):
-        return True
-    if isinstance(layer, L.ReLU):
-        return float(layer.negative_slope) == 0.0
-    if isinstance(layer, L.Activation):
-        return registry.activation_name(layer) in _GRID_KEEPING_ACTIVATIONS
-    return False
 
 
 def model_nodes(model, scope: tuple = ()):

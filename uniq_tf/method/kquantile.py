@@ -4,7 +4,7 @@ Every user of the method (training, stripping, codebooks, exporters, BOPs) calls
 functions. Formulas (Baskin et al., UNIQ, ACM TOCS 2021; docs/method.md),
 with F the fitted CDF of a weight tensor (per tensor, or per output channel):
 
-    Gaussian:   mu = mean(w), sigma = max(std(w), 1e-5), F(w) = Phi((w - mu) / sigma)
+    Gaussian:   mu = mean(w), sigma = std(w), F(w) = Phi((w - mu) / sigma)
     empirical:  F(w) = mid-rank of w among the tensor's weights / N
     k          = 2 ** bits
     u          = F(w)                                   (uniformization)
@@ -36,6 +36,14 @@ Noise models (``noise=``; docs/method.md, "Noise models", has their error tables
 Statistics are taken under ``stop_gradient``: mu and sigma (and the empirical order) carry no
 gradient; the caller gives the float weight an identity gradient.
 
+Scale. The fit has no absolute floor: mu and sigma are computed on each row divided by its
+largest |w| (a power of two, so the division is exact), and scaled back. So a row a * w gets
+the codebook a * c(w) (and the same bins, noise and grid) for any a > 0 whose products float32
+can hold, from about 1e-30 to 1e30; the paper's floor sigma >= 1e-5 would instead blow weights
+of 1e-8 up a hundredfold. A constant row (every weight equal, or equal but for float32
+rounding: a spread below 1e-6 of its largest |w|) gets sigma = 0 and is its own codebook: every
+level equals the weight, every weight is in a middle bin (u = 1/2), and the noise is 0.
+
 Tensors are handled as a (C, N) matrix: C rows of independent statistics (C = 1 per tensor,
 C = output channels per channel), N weights per row.
 """
@@ -49,16 +57,23 @@ import numpy as np
 from scipy.special import ndtri
 
 from uniq_tf._keras import tf
+from uniq_tf.method.settings import (
+    BIN_MATCHED,
+    CLIPPED,
+    DEFAULTS,
+    DISTRIBUTIONS,
+    EMPIRICAL,
+    GAUSSIAN,
+    NOISE_MODELS,
+    PAPER,
+    check_distribution,
+    check_noise,
+)
 
-PAPER = "paper"
-CLIPPED = "clipped"
-BIN_MATCHED = "bin_matched"
-NOISE_MODELS = (PAPER, CLIPPED, BIN_MATCHED)
-GAUSSIAN = "gaussian"
-EMPIRICAL = "empirical"
-DISTRIBUTIONS = (GAUSSIAN, EMPIRICAL)
-SIGMA_MIN = 1e-5
 U_CLIP = 1e-5
+# A row whose spread is below this fraction of its largest |w| is constant in float32 terms
+# (its deviations are a few ulps of rounding): it is its own codebook (module docstring).
+CONSTANT_SPREAD = 1e-6
 MAX_GRID_BITS = 16
 _MAX_GRID_CANDIDATES = 4096
 _SQRT2 = np.sqrt(2.0)
@@ -102,30 +117,49 @@ def to_rows(w: tf.Tensor, channel_axes: tuple[int, ...] | None) -> tuple[tf.Tens
 
 @dataclass(frozen=True)
 class RowStats:
-    """What a fitted CDF needs: Gaussian (mu, sigma) or the sorted weights of each row."""
+    """What a fitted CDF needs: Gaussian (mu, sigma; sigma = 0 for a constant row) or the
+    sorted weights of each row."""
 
     distribution: str
     mu: tf.Tensor | None = None
     sigma: tf.Tensor | None = None
     sorted_rows: tf.Tensor | None = None
 
+    def standardize(self, rows: tf.Tensor) -> tf.Tensor:
+        """z = (w - mu) / sigma of a Gaussian fit, 0 on constant rows."""
+        spread = tf.where(self.sigma > 0, self.sigma, tf.ones_like(self.sigma))
+        return (rows - self.mu) / spread
 
-def fit(rows: tf.Tensor, distribution: str = GAUSSIAN) -> RowStats:
-    """Fits the CDF of each row of a (C, N) matrix; no gradient flows through the fit."""
+
+def _row_scale(rows: tf.Tensor) -> tf.Tensor:
+    """The power of two nearest each row's largest |w| (1 for a row of zeros), (C, 1): the
+    statistics are computed on rows / scale, which is exact and keeps squares in range."""
+    top = tf.reduce_max(tf.abs(rows), axis=1, keepdims=True)
+    exponent = tf.round(tf.math.log(tf.where(top > 0, top, tf.ones_like(top))) / np.log(2.0))
+    return tf.pow(tf.constant(2.0, rows.dtype), exponent)
+
+
+def fit(rows: tf.Tensor, distribution: str = DEFAULTS.distribution) -> RowStats:
+    """Fits the CDF of each row of a (C, N) matrix; no gradient flows through the fit, and no
+    absolute floor enters it (module docstring, "Scale")."""
     rows = tf.stop_gradient(rows)
+    check_distribution(distribution)
     if distribution == GAUSSIAN:
-        mu = tf.reduce_mean(rows, axis=1, keepdims=True)
-        sigma = tf.maximum(tf.math.reduce_std(rows, axis=1, keepdims=True), SIGMA_MIN)
-        return RowStats(GAUSSIAN, mu=mu, sigma=sigma)
-    if distribution == EMPIRICAL:
-        return RowStats(EMPIRICAL, sorted_rows=tf.sort(rows, axis=1))
-    raise ValueError(f"distribution must be one of {DISTRIBUTIONS}, got {distribution!r}")
+        scale = _row_scale(rows)
+        unit = rows / scale
+        mu = tf.reduce_mean(unit, axis=1, keepdims=True)
+        sigma = tf.sqrt(tf.reduce_mean(tf.square(unit - mu), axis=1, keepdims=True))
+        constant = sigma <= CONSTANT_SPREAD
+        mu = tf.where(constant, unit[:, :1], mu)
+        sigma = tf.where(constant, tf.zeros_like(sigma), sigma)
+        return RowStats(GAUSSIAN, mu=mu * scale, sigma=sigma * scale)
+    return RowStats(EMPIRICAL, sorted_rows=tf.sort(rows, axis=1))
 
 
 def uniformize(rows: tf.Tensor, stats: RowStats) -> tf.Tensor:
     """u = F(w), in [0, 1]."""
     if stats.distribution == GAUSSIAN:
-        return _phi((rows - stats.mu) / stats.sigma)
+        return _phi(stats.standardize(rows))
     s = stats.sorted_rows
     n = tf.cast(tf.shape(s)[1], rows.dtype)
     left = tf.cast(tf.searchsorted(s, rows, side="left"), rows.dtype)
@@ -199,7 +233,8 @@ def bin_index(u: tf.Tensor, bits: int) -> tf.Tensor:
 
 
 def quantize_rows(
-    rows: tf.Tensor, bits: int, distribution: str = GAUSSIAN, grid_bits: int | None = None
+    rows: tf.Tensor, bits: int, distribution: str = DEFAULTS.distribution,
+    grid_bits: int | None = None,
 ):
     """Hard k-quantile quantization of a (C, N) matrix.
 
@@ -249,21 +284,15 @@ def ranked(rows: tf.Tensor) -> tuple[RowStats, tf.Tensor]:
     return RowStats(EMPIRICAL, sorted_rows=tf.gather(rows, order, batch_dims=1)), u
 
 
-def check_noise(noise: str) -> str:
-    """``noise`` if it names a noise model, else a ValueError listing them."""
-    if noise not in NOISE_MODELS:
-        raise ValueError(f"noise must be one of {NOISE_MODELS}, got {noise!r}")
-    return noise
-
-
 def noisy_rows(
     rows: tf.Tensor,
     bits: int,
-    distribution: str = GAUSSIAN,
+    distribution: str = DEFAULTS.distribution,
     noise_scale: float = 1.0,
-    noise: str = PAPER,
+    noise: str = DEFAULTS.noise,
 ) -> tf.Tensor:
-    """UNIQ's noisy weights of a (C, N) matrix under the noise model ``noise`` (module doc).
+    """UNIQ's noisy weights of a (C, N) matrix under the noise model ``noise`` (module doc);
+    the default is the project's (``UniqSettings().noise``).
 
     "paper": w_hat = F^-1(clip(u + e, 1e-5, 1 - 1e-5)), e ~ U[+-s/(2k)].
     """
@@ -289,7 +318,8 @@ def noisy_rows(
 
 
 def quantize(
-    w, bits: int, channel_axes=None, distribution: str = GAUSSIAN, grid_bits: int | None = None
+    w, bits: int, channel_axes=None, distribution: str = DEFAULTS.distribution,
+    grid_bits: int | None = None,
 ) -> tf.Tensor:
     """Hard-quantizes a weight tensor of any shape (see :func:`quantize_rows`)."""
     rows, back = to_rows(w, channel_axes)
@@ -300,9 +330,9 @@ def add_noise(
     w,
     bits: int,
     channel_axes=None,
-    distribution: str = GAUSSIAN,
+    distribution: str = DEFAULTS.distribution,
     noise_scale: float = 1.0,
-    noise: str = PAPER,
+    noise: str = DEFAULTS.noise,
 ) -> tf.Tensor:
     """Noisy weight tensor of any shape (see :func:`noisy_rows`)."""
     rows, back = to_rows(w, channel_axes)
@@ -310,7 +340,8 @@ def add_noise(
 
 
 def codebook(
-    w, bits: int, channel_axes=None, distribution: str = GAUSSIAN, grid_bits: int | None = None
+    w, bits: int, channel_axes=None, distribution: str = DEFAULTS.distribution,
+    grid_bits: int | None = None,
 ):
     """(levels, indices) of a weight tensor as numpy arrays.
 
@@ -323,3 +354,12 @@ def codebook(
     indices = back(indices).numpy()
     levels_ = levels_.numpy()
     return (levels_[0] if not channel_axes else levels_), indices
+
+
+__all__ = [
+    "BIN_MATCHED", "CLIPPED", "CONSTANT_SPREAD", "DISTRIBUTIONS", "EMPIRICAL", "GAUSSIAN",
+    "MAX_GRID_BITS", "NOISE_MODELS", "PAPER", "U_CLIP", "RowStats", "add_noise", "bin_index",
+    "check_noise", "codebook", "fit", "grid_tops", "inverse", "levels", "noisy_rows",
+    "quantize", "quantize_rows", "ranked", "snap_to_grid", "standard_levels", "to_rows",
+    "uniformize",
+]

@@ -10,7 +10,9 @@ take the same forms:
 - any other iterable of such batches (a list of arrays, a generator), or a function returning
   one (the TFLite converter's ``representative_dataset`` style, whose items are ``[x]``).
 
-A list is always a sequence of batches, never an ``(x, y)`` pair.
+A list is always a sequence of batches, never an ``(x, y)`` pair. Given the model, an unbatched
+``tf.data.Dataset`` (elements of one sample, one axis fewer than the model's input) is batched,
+and a single array sample gets its batch axis; without the model, a Dataset must be batched.
 """
 
 from __future__ import annotations
@@ -35,8 +37,28 @@ def is_xy_pair(data) -> bool:
             and len(data[0]) == len(data[1]))
 
 
+UNBATCHED_BATCH = 32
+
+
+def input_rank(model) -> int | None:
+    """The rank of ``model``'s (first) input, batch axis included; None without a model."""
+    if model is None:
+        return None
+    return len(model.inputs[0].shape)
+
+
+def _batched_dataset(data, batch_size: int | None, rank: int | None):
+    """``data`` batched when its elements are single samples of a model of input ``rank``."""
+    spec = data.element_spec
+    x_spec = spec[0] if isinstance(spec, tuple) else spec
+    shape = getattr(x_spec, "shape", None)
+    if rank is None or shape is None or shape.rank is None or shape.rank != rank - 1:
+        return data
+    return data.batch(batch_size or UNBATCHED_BATCH)
+
+
 def batches(
-    data, batch_size: int | None, what: str = "data"
+    data, batch_size: int | None, what: str = "data", model=None
 ) -> Iterator[tuple[object, object]]:
     """Yields ``(x, y or None)`` batches from ``data`` in any of the module's forms; arrays are
     split into batches of ``batch_size`` rows (None: one batch, whole), other batches are
@@ -44,8 +66,11 @@ def batches(
 
     Args:
         data: inputs in one of the forms of the module docstring.
-        batch_size: rows per batch for arrays and (x, y) pairs; None takes them whole.
+        batch_size: rows per batch for arrays, (x, y) pairs and unbatched datasets; None
+            takes arrays whole (and an unbatched dataset in batches of 32).
         what: the argument's name, for the error.
+        model: the model the inputs are for: an unbatched dataset, or a single array sample,
+            is recognized from its input rank and batched.
 
     Returns:
         An iterator of (inputs, labels or None) batches (arrays or tensors, as given).
@@ -53,6 +78,11 @@ def batches(
     Raises:
         TypeError: ``data`` is none of the forms (raised when the iterator starts).
     """
+    rank = input_rank(model)
+    if _is_array(data) and rank is not None and len(data.shape) == rank - 1:
+        data = data[None]
+    if isinstance(data, tf.data.Dataset):
+        data = _batched_dataset(data, batch_size, rank)
     if batch_size is None and (is_xy_pair(data) or _is_array(data)):
         yield (data[0], data[1]) if is_xy_pair(data) else (data, None)
         return
@@ -80,4 +110,4 @@ def batches(
             yield item, None
 
 
-__all__ = ["FORMS", "batches", "is_xy_pair"]
+__all__ = ["FORMS", "batches", "input_rank", "is_xy_pair"]

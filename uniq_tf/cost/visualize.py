@@ -2,9 +2,9 @@
 
 For a kernel with fitted CDF F and k = 2^b levels (docs/method.md, "Weights"), the plot
 shows the float weights, the bin edges F^-1(i / k), i = 1..k-1 (dashed), and the codebook levels
-F^-1((i + 1/2) / k) (solid). The edges come from :func:`uniq_tf.kquantile.fit` and
-:func:`~uniq_tf.kquantile.inverse`, the levels from :func:`uniq_tf.get_codebooks`: the k-quantile
-math is not re-implemented here. A well-fitted CDF puts about 1/k of the weights between
+F^-1((i + 1/2) / k) (solid). The edges come from :func:`uniq_tf.method.kquantile.fit` and
+:func:`~uniq_tf.method.kquantile.inverse`, the levels from :func:`uniq_tf.get_codebooks`: the
+k-quantile math is not re-implemented here. A well-fitted CDF puts about 1/k of the weights between
 neighbouring edges.
 """
 
@@ -22,9 +22,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from tensorflow.core.framework import summary_pb2
 
-from uniq_tf import atomic, kquantile
 from uniq_tf._keras import keras, require_keras2_model, tf
-from uniq_tf.quantize import float_kernel, get_codebooks, kernel_wrappers
+from uniq_tf.integration.inspection import float_kernel, get_codebooks, kernel_wrappers
+from uniq_tf.method import kquantile
+from uniq_tf.util import atomic
 
 MAX_CHANNELS_SHOWN = 4
 THRESHOLDS_GID = "thresholds"

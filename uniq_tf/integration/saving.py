@@ -1,4 +1,4 @@
-"""Saving and loading a quantized model, with messages that say what to do (issue 17, item 10).
+"""Saving and loading a quantized model, with messages that say what to do.
 
 A quantized model holds TFMOT's QuantizeWrapperV2 layers and uniq_tf's quantizers: loading it
 needs :func:`uniq_tf.quantize_scope` (without it Keras reports "Unknown layer:
@@ -6,9 +6,9 @@ needs :func:`uniq_tf.quantize_scope` (without it Keras reports "Unknown layer:
 saves without complaint but cannot be loaded, with or without the scope ("Layer 'c1' expected
 3 variables, but received 4"). So:
 
-- ``model.save("m.keras")`` on a model made by :func:`uniq_tf.quantize_model` (or loaded by
-  :func:`load_quantized`) warns at save time (:func:`warn_on_keras_format` installs the check
-  on the model instance; ``keras.models.save_model`` called directly is not covered);
+- ``model.save("m.keras")`` of any model holding uniq_tf's quantizers warns while it writes
+  (:data:`KERAS_FORMAT_WARNING`; the warning comes from the quantizers' configs, so it holds
+  for clones and loaded models too);
 - :func:`save_quantized` saves as .h5 or SavedModel and refuses .keras;
 - :func:`load_quantized` loads inside the scope and names the format when given a .keras file.
 """
@@ -19,20 +19,29 @@ import os
 import warnings
 
 from uniq_tf._keras import keras
-from uniq_tf.quantize import is_quantized_model, quantize_scope
+from uniq_tf.integration.configs import KERAS_FORMAT_WARNING, quantize_scope
 
-# The save-format check lives below quantize.py (which attaches it to the models it makes);
-# its names are part of this module's interface.
-from uniq_tf.save_format import (
-    H5_SUFFIXES,
-    KERAS_FORMAT_WARNING,
-    UNLOADABLE_SUFFIX,
-    is_keras_format,
-    warn_on_keras_format,
-)
+UNLOADABLE_SUFFIX = ".keras"
+H5_SUFFIXES = (".h5", ".hdf5")
 
-__all__ = ["H5_SUFFIXES", "KERAS_FORMAT_WARNING", "UNLOADABLE_SUFFIX", "is_keras_format",
-           "load_quantized", "save_quantized", "warn_on_keras_format"]
+
+def is_keras_format(filepath, save_format=None) -> bool:
+    """True where tf_keras would write the .keras (v3) format: ``save_format`` "keras" or, when
+    it is None, a path ending in ".keras".
+
+    Args:
+        filepath: the path given to ``save`` (a file-like object is not the .keras format).
+        save_format: the ``save_format`` given to ``save``, or None.
+
+    Returns:
+        Whether that save writes the .keras format.
+    """
+    if save_format is not None:
+        return str(save_format).lower() in ("keras", "keras_v3")
+    try:
+        return os.fspath(filepath).endswith(UNLOADABLE_SUFFIX)
+    except TypeError:  # a file-like object
+        return False
 
 
 def save_quantized(model, path: str | os.PathLike, overwrite: bool = True) -> None:
@@ -55,7 +64,7 @@ def save_quantized(model, path: str | os.PathLike, overwrite: bool = True) -> No
     save_format = "h5" if path.lower().endswith(H5_SUFFIXES) else "tf"
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "You are saving your model as an HDF5 file")
-        type(model).save(model, path, overwrite=overwrite, save_format=save_format)
+        model.save(path, overwrite=overwrite, save_format=save_format)
 
 
 def load_quantized(path: str | os.PathLike):
@@ -66,8 +75,7 @@ def load_quantized(path: str | os.PathLike):
 
     Returns:
         The model, loaded inside :func:`uniq_tf.quantize_scope` without its optimizer state
-        (``compile=False``); a quantized model's ``save`` warns about the .keras format
-        (:func:`warn_on_keras_format`).
+        (``compile=False``).
 
     Raises:
         FileNotFoundError: nothing is at ``path``.
@@ -79,7 +87,7 @@ def load_quantized(path: str | os.PathLike):
         raise FileNotFoundError(f"No saved model at {path!r}.")
     try:
         with quantize_scope():
-            model = keras.models.load_model(path, compile=False)
+            return keras.models.load_model(path, compile=False)
     except (ValueError, TypeError) as error:
         if not path.endswith(UNLOADABLE_SUFFIX):
             raise
@@ -88,4 +96,7 @@ def load_quantized(path: str | os.PathLike):
             f"(TFMOT's QuantizeWrapperV2: {error}). Save quantized models as .h5 "
             "(model.save('model.h5')) or as a SavedModel directory."
         ) from error
-    return warn_on_keras_format(model) if is_quantized_model(model) else model
+
+
+__all__ = ["H5_SUFFIXES", "KERAS_FORMAT_WARNING", "UNLOADABLE_SUFFIX", "is_keras_format",
+           "load_quantized", "quantize_scope", "save_quantized"]

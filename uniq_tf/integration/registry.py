@@ -6,14 +6,20 @@ k-quantile quantizer; ``KERNEL_CHANNEL_AXES`` names the kernel axes that index o
 get an output quantizer. Layers without weights that only route or reshape values (Add,
 Concatenate, pooling, Flatten, Reshape, Dropout, ...) need nothing, and BatchNormalization stays
 float by design. Any other layer holding weights is left in float and named in a warning.
+
+Which layers carry a bit width (:func:`keeps_bit_width`): a layer whose output is on the same
+integer grid as its input in a deployed network (normalization and rescaling folded into the
+producer or the thresholds, routing, pooling and padding, a ReLU). BOPs (``uniq_tf.summary``)
+and the FPGA descriptor both read this one definition to find the width b_a a kernel layer
+multiplies.
 """
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Mapping, Sequence
 
 from uniq_tf._keras import keras
+from uniq_tf.util import checks
 
 L = keras.layers
 
@@ -27,6 +33,22 @@ KERNEL_CHANNEL_AXES: dict[type, dict[str, tuple[int, ...]]] = {
 }
 UNSUPPORTED_KERNEL_TYPES = (L.Conv2DTranspose, L.Conv3D, L.Conv1DTranspose, L.SeparableConv1D)
 _NOT_QUANTIZED_ACTIVATIONS = ("linear", "softmax", None)
+
+# Layers whose output carries the bit width of their input (module docstring).
+PASS_THROUGH_TYPES: tuple[type, ...] = (
+    L.BatchNormalization, L.Rescaling, L.Normalization,
+    L.Dropout, L.GaussianNoise, L.GaussianDropout,
+    L.Flatten, L.Reshape, L.Permute,
+    L.ZeroPadding1D, L.ZeroPadding2D, L.ZeroPadding3D,
+    L.Cropping1D, L.Cropping2D, L.Cropping3D,
+    L.MaxPooling1D, L.MaxPooling2D, L.MaxPooling3D,
+    L.AveragePooling1D, L.AveragePooling2D, L.AveragePooling3D,
+    L.GlobalMaxPooling1D, L.GlobalMaxPooling2D, L.GlobalMaxPooling3D,
+    L.GlobalAveragePooling1D, L.GlobalAveragePooling2D, L.GlobalAveragePooling3D,
+    L.Add, L.Subtract, L.Average, L.Maximum, L.Minimum, L.Concatenate,
+)
+# An un-quantized ReLU keeps its input's grid; other non-linearities leave it.
+_GRID_KEEPING_ACTIVATIONS = ("linear", "relu")
 
 
 # Layer types registered by users (register_layer): looked up before the built-in table.
@@ -70,9 +92,8 @@ def register_layer(
         )
     checked = {}
     for attr, axes in kernel_attributes.items():
-        axes = (axes,) if isinstance(axes, numbers.Integral) else tuple(axes)
-        if not isinstance(attr, str) or not axes or not all(
-                isinstance(a, numbers.Integral) and not isinstance(a, bool) for a in axes):
+        axes = (axes,) if checks.is_integer(axes) else tuple(axes)
+        if not isinstance(attr, str) or not axes or not all(checks.is_integer(a) for a in axes):
             raise ValueError(
                 f"kernel_attributes[{attr!r}] of {layer_type.__name__} must be an axis or a "
                 f"tuple of axes (integers), got {kernel_attributes[attr]!r}."
@@ -121,6 +142,7 @@ def kernel_attributes(layer) -> dict[str, tuple[int, ...]] | None:
 
 
 def activation_name(layer) -> str | None:
+    """The name of ``layer``'s (fused) activation function, or None."""
     activation = getattr(layer, "activation", None)
     if activation is None:
         return None
@@ -151,4 +173,42 @@ def has_non_negative_output(layer) -> bool:
 
 
 def is_activation_layer(layer) -> bool:
+    """True for a ReLU or Activation layer whose output UNIQ quantizes."""
     return isinstance(layer, (L.ReLU, L.Activation)) and has_quantized_output(layer)
+
+
+def is_quantizable(layer) -> bool:
+    """True for the layers UNIQ can quantize: kernel layers and activation layers."""
+    return kernel_attributes(layer) is not None or is_activation_layer(layer)
+
+
+def keeps_bit_width(layer) -> bool:
+    """True where ``layer``'s output is on its input's integer grid (module docstring)."""
+    if isinstance(layer, PASS_THROUGH_TYPES):
+        return True
+    if isinstance(layer, L.ReLU):
+        return float(layer.negative_slope) == 0.0
+    if isinstance(layer, L.Activation):
+        return activation_name(layer) in _GRID_KEEPING_ACTIVATIONS
+    return False
+
+
+def channel_axes(layer, attr: str) -> tuple[int, ...]:
+    """The output-channel axes of ``layer``'s kernel ``attr`` (as registered), checked against
+    the built kernel.
+
+    Raises:
+        ValueError: an axis outside the kernel's rank (a registered type's axes that do not
+            fit its kernel), naming the layer, the kernel's shape and the axis.
+    """
+    shape = tuple(getattr(layer, attr).shape)
+    out = []
+    for axis in kernel_attributes(layer)[attr]:
+        if not -len(shape) <= axis < len(shape):
+            raise ValueError(
+                f"layer {layer.name!r} ({type(layer).__name__}): its kernel {attr!r} has shape "
+                f"{shape}, so output-channel axis {axis} is outside its rank {len(shape)}; "
+                f"register the type with axes in {-len(shape)}..{len(shape) - 1}."
+            )
+        out.append(axis)
+    return tuple(out)

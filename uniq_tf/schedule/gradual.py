@@ -28,56 +28,54 @@ quantized from stage 0 on). Stage is a pure function of the epoch, applied in ev
 ``on_epoch_begin``, so a run resumed by ``BackupAndRestore`` or ``initial_epoch`` continues at the
 right stage. Modes are tf.Variables: changing them does not retrace the train function.
 
-Freezing. TFMOT's QuantizeWrapperV2 ignores its ``trainable`` flag (its ``trainable_weights``
-always lists the wrapped kernel and bias, and setting it duplicates weights in ``weights``), so
-freezing by ``trainable`` leaves the kernel to the optimizer. Instead, while ``fit`` runs, this
-callback wraps ``model.optimizer.apply_gradients``: every quantized kernel reads a scalar bool
-"frozen" tf.Variable of its own; the wrapper reads each kernel and its optimizer slots (momentum,
-Adam's m and v, ...) before the optimizer's update and, after it, assigns those values back
-(``tf.cond`` on the flag) where the kernel is frozen. So a frozen kernel and its slots end each
-step bit-identical to how they began it: no gradient step, no momentum step, no weight decay and
-no step from its kernel regularizer. The flags are variables read inside the traced step, so the
-train function is traced once per ``fit`` and a stage change only assigns them, like the modes
-(docs/scaling.md). Only the quantized kernels freeze; biases and batch norm keep training, and
-they are what the ``final_epochs`` fine-tune. The optimizer is still built with every trainable
-variable, in the model's order, so its checkpointed slots match across resumed runs. The
-restore goes through ``merge_call`` and ``strategy.extended.update``, as the optimizer's own
-update does, so it runs on every replica's copy under tf.distribute.
+What it does to your optimizer. While ``fit`` runs, the callback wraps
+``model.optimizer.apply_gradients`` so that the kernels of earlier stages stay frozen: each
+step, a frozen kernel and its optimizer slots are put back to their values before the update
+(no gradient step, no momentum, no weight decay). The wrapper is removed when ``fit`` ends;
+:mod:`uniq_tf.schedule.freezing` says how, and why ``trainable`` cannot do it. Only the
+quantized kernels freeze; biases and batch norm keep training, and they are what the
+``final_epochs`` fine-tune.
+
+Layers are named as the float model names them: a split SeparableConv2D (both halves) is one
+layer of the schedule (:mod:`uniq_tf.integration.names`).
 """
 
 from __future__ import annotations
 
 import itertools
-import numbers
 import os
 import warnings
 from collections.abc import Sequence
 
 from tensorflow.core.framework import summary_pb2
 
-from uniq_tf import internals
 from uniq_tf._keras import keras, require_keras2_model, tf
-from uniq_tf.quantize import (
+from uniq_tf.integration.inspection import (
     float_kernel,
     kernel_wrappers,
     output_quantizers,
     weight_quantizers,
     wrappers,
 )
-from uniq_tf.quantizers import ActMode, Mode
+from uniq_tf.integration.names import float_name, kernel_layer_names
+from uniq_tf.method.quantizers import ActMode, Mode
+from uniq_tf.schedule import freezing
+from uniq_tf.util import checks
 
 STAGE_LOG_KEY = "uniq_stage"
-_PATCH_MARK = "_uniq_frozen_filter"
+# The schedule's defaults, which uniq-train and the README use too: one-epoch stages get no
+# polish, and at 2 bits they were the one setting where the straight-through ablation beat
+# UNIQ (docs/benchmarks.md, section 4).
+DEFAULT_EPOCHS_PER_STAGE = 2
+DEFAULT_FINAL_EPOCHS = 2
 
 
 def _check_count(value, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
+    return checks.check_int(value, name, minimum)
 
 
 def _check_polish(value) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0:
+    if not checks.is_number(value) or not value >= 0:
         raise ValueError(f"polish_epochs must be a number >= 0 or None, got {value!r}")
     return int(value) if float(value).is_integer() else float(value)
 
@@ -90,7 +88,7 @@ def _check_stages(stages):
                 f"got {stages!r}"
             )
         return stages
-    if isinstance(stages, numbers.Integral) and not isinstance(stages, bool):
+    if checks.is_integer(stages):
         return _check_count(stages, "stages (number of stages)", 1)
     if not isinstance(stages, Sequence) or not stages:
         raise ValueError(
@@ -116,8 +114,9 @@ class GradualQuantization(keras.callbacks.Callback):
     Args:
         stages: "layer" (one kernel layer per stage, the reference code's default), an int N
             (N contiguous blocks of near-equal size, in forward order), or explicit lists of
-            kernel layer names (any order; every quantized kernel layer must be in exactly one
-            stage, otherwise ``plan`` raises: a layer left out would stay float for good).
+            kernel layer names, as the float model names them (any order; every quantized
+            kernel layer must be in exactly one stage, otherwise ``plan`` raises: a layer left
+            out would stay float for good).
         warmup_epochs: float epochs before stage 0.
         epochs_per_stage: epochs spent in each stage (>= 1).
         first_stage_epochs: epochs of the first stage (None: ``epochs_per_stage``); the
@@ -140,13 +139,14 @@ class GradualQuantization(keras.callbacks.Callback):
     def __init__(
         self,
         stages: str | int | Sequence[Sequence[str]] = "layer",
+        *,
         warmup_epochs: int = 0,
-        epochs_per_stage: int = 1,
-        final_epochs: int = 0,
-        verbose: int = 1,
-        log_dir: str | os.PathLike | None = None,
+        epochs_per_stage: int = DEFAULT_EPOCHS_PER_STAGE,
+        final_epochs: int = DEFAULT_FINAL_EPOCHS,
         first_stage_epochs: int | None = None,
         polish_epochs: float | None = None,
+        verbose: int = 1,
+        log_dir: str | os.PathLike | None = None,
     ):
         super().__init__()
         self.stages = _check_stages(stages)
@@ -178,9 +178,7 @@ class GradualQuantization(keras.callbacks.Callback):
         self._polish_from_batch: int | None = None
         # The batch hook reads no logs: spare Keras converting them to numpy every step.
         self._supports_tf_logs = True
-        self._frozen_refs: set = set()
-        # kernel ref -> its scalar bool "frozen" variable, read inside the traced step.
-        self._frozen_flags: dict = {}
+        self._frozen = freezing.FrozenKernels()
         self._installed_function = None
         self._writer = None
 
@@ -194,13 +192,14 @@ class GradualQuantization(keras.callbacks.Callback):
         return stages
 
     def _split(self, model) -> list[list[str]]:
-        names = [w.layer.name for w in kernel_wrappers(model)]
+        names = kernel_layer_names(model)
+        primary = [w.layer.name for w in kernel_wrappers(model) if float_name(w) == w.layer.name]
         if not names:
             raise ValueError(
                 f"Model {model.name!r} has no UNIQ-quantized kernel layer; "
                 "call uniq_tf.quantize_model first."
             )
-        repeated = sorted({n for n in names if names.count(n) > 1})
+        repeated = sorted({n for n in primary if primary.count(n) > 1})
         if repeated:
             raise ValueError(
                 f"Quantized layer names {repeated} occur more than once (nested models); "
@@ -295,8 +294,11 @@ class GradualQuantization(keras.callbacks.Callback):
         self._plan = self.plan(self.model)
         self._shown_stage = None
         self._installed_function = None
-        self._create_frozen_flags(self.model)
-        self._install_filter(self.model.optimizer)
+        self._frozen.add([(f"{w.layer.name}_{attr}", float_kernel(w, attr))
+                          for w in kernel_wrappers(self.model)
+                          for attr, _, _ in weight_quantizers(w)],
+                         self.model.distribute_strategy)
+        self._frozen.install(self.model.optimizer)
         needed = self.total_epochs(self.model)
         planned = (self.params or {}).get("epochs")
         if planned is not None and planned < needed:
@@ -341,7 +343,7 @@ class GradualQuantization(keras.callbacks.Callback):
         stage = self.stage_at(self._epoch)
         names = set(self._plan[stage])
         for wrapper in kernel_wrappers(self.model):
-            if wrapper.layer.name in names:
+            if float_name(wrapper) in names:
                 for _, _, variables in weight_quantizers(wrapper):
                     variables["mode"].assign(int(mode))
 
@@ -355,9 +357,8 @@ class GradualQuantization(keras.callbacks.Callback):
             self._writer.flush()
 
     def on_train_end(self, logs=None):
-        _remove_filter(self.model.optimizer)
-        self._frozen_refs = set()
-        self._assign_frozen_flags()
+        freezing.remove(self.model.optimizer)
+        self._frozen.freeze(set())
         # The traced function holds the freezing; the next fit traces its own (without this
         # callback: plain training).
         if self._installed_function is not None and (
@@ -378,7 +379,7 @@ class GradualQuantization(keras.callbacks.Callback):
         current = Mode.QUANTIZED if polishing else Mode.NOISY
         frozen = set()
         for wrapper in kernel_wrappers(model):
-            i = stage_of[wrapper.layer.name]
+            i = stage_of[float_name(wrapper)]
             mode = Mode.QUANTIZED if i < stage else current if i == stage else Mode.FLOAT
             for attr, _, variables in weight_quantizers(wrapper):
                 variables["mode"].assign(int(mode))
@@ -389,8 +390,7 @@ class GradualQuantization(keras.callbacks.Callback):
             act_mode = ActMode.QUANTIZED if stage_of.get(owner, 0) <= stage else ActMode.FLOAT
             for _, variables in output_quantizers(wrapper):
                 variables["act_mode"].assign(int(act_mode))
-        self._frozen_refs = frozen
-        self._assign_frozen_flags()
+        self._frozen.freeze(frozen)
 
     def _describe(self, stage: int, polishing: bool = False) -> str:
         """One line saying which layers are quantized+frozen, noisy and float at ``stage``."""
@@ -408,60 +408,6 @@ class GradualQuantization(keras.callbacks.Callback):
             f"float {later or '-'}"
         )
 
-    # ------------------------------------------------------------------ freezing
-
-    def _create_frozen_flags(self, model) -> None:
-        """One scalar bool variable per quantized kernel (False: trained), created in the
-        model's distribution strategy so that every replica reads its own copy."""
-        with model.distribute_strategy.scope():
-            for wrapper in kernel_wrappers(model):
-                for attr, _, _ in weight_quantizers(wrapper):
-                    kernel = float_kernel(wrapper, attr)
-                    if kernel.ref() not in self._frozen_flags:
-                        self._frozen_flags[kernel.ref()] = tf.Variable(
-                            False, trainable=False, dtype=tf.bool,
-                            name=f"uniq_frozen_{wrapper.layer.name}_{attr}",
-                        )
-
-    def _assign_frozen_flags(self) -> None:
-        """Sets every flag from ``_frozen_refs`` (no retrace: the step reads the flags)."""
-        for ref, flag in self._frozen_flags.items():
-            frozen = ref in self._frozen_refs
-            if bool(flag.numpy()) != frozen:
-                flag.assign(frozen)
-
-    def _install_filter(self, optimizer) -> None:
-        if optimizer is None:
-            raise ValueError("GradualQuantization needs a compiled model (model.optimizer).")
-        _remove_filter(optimizer)
-        original = optimizer.apply_gradients
-        flags = self._frozen_flags
-
-        def apply_gradients(grads_and_vars, *args, **kwargs):
-            pairs = list(grads_and_vars)
-            # Build with every variable in the caller's order (slot variables are checkpointed
-            # by position), before the slots are looked up below. Legacy optimizers create
-            # their slots in _create_all_weights.
-            if pairs:
-                with tf.init_scope():
-                    internals.build_optimizer(optimizer, [v for _, v in pairs])
-            # Each freezable kernel and its slots, with the kernel's flag, read before the
-            # update (automatic control dependencies keep the order of reads and writes).
-            watched = [
-                (tracked, flags[v.ref()])
-                for _, v in pairs if v.ref() in flags
-                for tracked in (v, *internals.optimizer_slots(optimizer, v))
-            ]
-            before = [tf.identity(variable) for variable, _ in watched]
-            frozen = [tf.identity(flag) for _, flag in watched]
-            result = original(pairs, *args, **kwargs)
-            if watched:
-                _restore_frozen([v for v, _ in watched], before, frozen)
-            return result
-
-        setattr(apply_gradients, _PATCH_MARK, True)
-        optimizer.apply_gradients = apply_gradients
-
     def _rebuild_train_function_if_needed(self) -> None:
         """Replaces the train function at the first epoch of a fit when it is not the one
         made for this fit: an earlier fit may have traced it without this callback's
@@ -470,25 +416,6 @@ class GradualQuantization(keras.callbacks.Callback):
             return
         # An untraced function costs nothing to replace.
         self._installed_function = self.model.make_train_function(force=True)
-
-
-def _restore_frozen(variables, before, frozen) -> None:
-    """Assigns ``before`` back to each variable whose flag in ``frozen`` is set, on every
-    replica (called in replica context, as apply_gradients is)."""
-
-    def restore(variable, value, is_frozen):
-        def assign():
-            variable.assign(value, read_value=False)
-
-        return tf.cond(is_frozen, assign, lambda: None)
-
-    def merge(strategy, before, frozen):
-        for variable, value, is_frozen in zip(variables, before, frozen, strict=True):
-            strategy.extended.update(variable, restore, args=(value, is_frozen), group=False)
-
-    tf.__internal__.distribute.interim.maybe_merge_call(
-        merge, tf.distribute.get_strategy(), before, frozen
-    )
 
 
 def _write_scalar(tag: str, value: float, step: int) -> None:
@@ -501,10 +428,5 @@ def _write_scalar(tag: str, value: float, step: int) -> None:
     tf.summary.write(tag, tf.constant(value, tf.float32), step=step, metadata=metadata)
 
 
-def _remove_filter(optimizer) -> None:
-    """Restores the optimizer's own apply_gradients if GradualQuantization wrapped it."""
-    if optimizer is not None and hasattr(optimizer.apply_gradients, _PATCH_MARK):
-        del optimizer.apply_gradients
-
-
-__all__ = ["GradualQuantization", "STAGE_LOG_KEY"]
+__all__ = ["DEFAULT_EPOCHS_PER_STAGE", "DEFAULT_FINAL_EPOCHS", "GradualQuantization",
+           "STAGE_LOG_KEY"]

@@ -10,11 +10,19 @@ from __future__ import annotations
 
 import enum
 
-import numpy as np
 import tensorflow_model_optimization as tfmot
 
-from uniq_tf import kquantile
+from uniq_tf import internals
 from uniq_tf._keras import keras, tf
+from uniq_tf.method import kquantile
+from uniq_tf.method.settings import (
+    DEFAULTS,
+    check_activation_bits,
+    check_distribution,
+    check_noise,
+    check_weight_bits,
+)
+from uniq_tf.util import checks
 
 _Quantizer = tfmot.quantization.keras.quantizers.Quantizer
 
@@ -73,9 +81,7 @@ def check_grid_bits(grid_bits, bits: int, where: str = "grid_bits") -> int | Non
     if grid_bits is None:
         return None
     low = max(int(bits), 2)
-    if isinstance(grid_bits, bool) or not isinstance(grid_bits, (int, np.integer)) or not (
-        low <= grid_bits <= kquantile.MAX_GRID_BITS
-    ):
+    if not checks.is_integer(grid_bits) or not low <= grid_bits <= kquantile.MAX_GRID_BITS:
         raise ValueError(
             f"{where} must be None or an integer in {low}..{kquantile.MAX_GRID_BITS} (a "
             f"{bits}-bit codebook needs a grid of at least {low} bits), got {grid_bits!r}"
@@ -97,38 +103,43 @@ class KQuantileWeightQuantizer(_Quantizer):
     with, so a model fine-tuned this way exports to a B-bit FPGA bundle without a change.
     Backward: dL/dw = dL/d(forward) in every mode (identity); F's statistics carry no gradient.
 
+    The defaults are :class:`uniq_tf.UniqSettings`' and every argument is checked as
+    ``quantize_model`` checks it, with the same messages.
+
     Args:
         bits: codebook index width b (k = 2^b levels), 1..16.
         channel_axes: kernel axes that index output channels, for per-channel statistics;
             None for one set of statistics per tensor.
         distribution: "gaussian" (the paper's fit) or "empirical" (exact quantiles).
         noise_scale: 1.0 for the paper's noise of one bin's width; 2.0 for "high noise".
-        noise: the noise model, one of ``kquantile.NOISE_MODELS``: "paper" (the paper's clip
-            to [1e-5, 1 - 1e-5]), "clipped" (clip to [1/(2k), 1 - 1/(2k)]) or "bin_matched".
         initial_mode: the mode a freshly built layer starts in.
+        noise: the noise model: "clipped" (default; clip to [1/(2k), 1 - 1/(2k)]), "paper"
+            (the paper's clip to [1e-5, 1 - 1e-5]) or "bin_matched".
         grid_bits: None (the codebook as it is) or the integer grid width B, max(bits, 2)..16,
             the hard codebook is snapped to (``uniq_tf.set_grid_bits`` sets it on a model).
 
     Raises:
-        ValueError: ``grid_bits`` outside max(bits, 2)..16, or an unknown ``noise``.
+        ValueError: ``bits`` not an integer in 1..16, an unknown ``distribution`` or
+            ``noise``, a ``noise_scale`` that is not a positive number, an unknown
+            ``initial_mode``, or ``grid_bits`` outside max(bits, 2)..16.
     """
 
     def __init__(
         self,
-        bits: int,
+        bits: int = DEFAULTS.weight_bits,
         channel_axes: tuple[int, ...] | None = None,
-        distribution: str = kquantile.GAUSSIAN,
-        noise_scale: float = 1.0,
+        distribution: str = DEFAULTS.distribution,
+        noise_scale: float = DEFAULTS.noise_scale,
         initial_mode: int = Mode.NOISY,
-        noise: str = kquantile.PAPER,
+        noise: str = DEFAULTS.noise,
         grid_bits: int | None = None,
     ):
-        self.bits = int(bits)
-        self.channel_axes = tuple(channel_axes) if channel_axes else None
-        self.distribution = distribution
-        self.noise_scale = float(noise_scale)
-        self.initial_mode = int(initial_mode)
-        self.noise = kquantile.check_noise(noise)
+        self.bits = check_weight_bits(bits)
+        self.channel_axes = tuple(int(a) for a in channel_axes) if channel_axes else None
+        self.distribution = check_distribution(distribution)
+        self.noise_scale = checks.check_number(noise_scale, "noise_scale", positive=True)
+        self.initial_mode = int(Mode(initial_mode))
+        self.noise = check_noise(noise)
         self.grid_bits = check_grid_bits(grid_bits, self.bits)
 
     def build(self, tensor_shape, name, layer):
@@ -215,11 +226,12 @@ class SwitchableActivationQuantizer(_Quantizer):
     EMA_DECAY = 0.999  # TFMOT's MovingAverageQuantizer
 
     def __init__(
-        self, bits: int = 8, initial_mode: int = ActMode.QUANTIZED, non_negative: bool = False
+        self, bits: int = DEFAULTS.activation_bits, initial_mode: int = ActMode.QUANTIZED,
+        non_negative: bool = False,
     ):
-        self.bits = int(bits)
-        self.initial_mode = int(initial_mode)
-        self.non_negative = bool(non_negative)
+        self.bits = check_activation_bits(bits)
+        self.initial_mode = int(ActMode(initial_mode))
+        self.non_negative = checks.check_bool(non_negative, "non_negative")
 
     def build(self, tensor_shape, name, layer):
         # The range variables TFMOT's MovingAverageQuantizer builds (same names, same initial
@@ -252,10 +264,8 @@ class SwitchableActivationQuantizer(_Quantizer):
             lo = (tf.constant(0.0, inputs.dtype) if self.non_negative
                   else tf.minimum(tf.reduce_min(inputs), 0.0))
             hi = tf.maximum(tf.reduce_max(inputs), 0.0)
-            range_min = tf.__internal__.train.assign_moving_average(
-                min_var, lo, self.EMA_DECAY, zero_debias=False)
-            range_max = tf.__internal__.train.assign_moving_average(
-                max_var, hi, self.EMA_DECAY, zero_debias=False)
+            range_min = internals.assign_moving_average(min_var, lo, self.EMA_DECAY)
+            range_max = internals.assign_moving_average(max_var, hi, self.EMA_DECAY)
         else:
             range_min, range_max = tf.identity(min_var), tf.identity(max_var)
 

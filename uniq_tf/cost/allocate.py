@@ -7,9 +7,14 @@ weights)" in three steps (docs/method.md, "Mixed precision under a budget"):
    layer j is quantized: its kernel hard k-quantile at w bits (``kquantile.quantize`` on a
    copy) and the activation quantizers it owns (``layer_bits`` semantics: those after it, up
    to the next kernel layer) at a bits, calibrated on the same batches; every other layer
-   stays float. s_j(c) is the mean KL divergence from the float model's output distribution
-   (``metric="kl"``) or the increase of the cross-entropy (``metric="loss"``) on a few
-   batches of ``data``.
+   stays float. s_j(c) is how far the model's outputs move from the float model's on a few
+   batches of ``data``, by a measure that fits each output (:data:`MEASURES`), summed over
+   the outputs: the KL divergence of a classifier's distribution (softmax outputs, or
+   logits), the output error scaled by the output's variance for regression and multi-label
+   (sigmoid) outputs, or the increase of the model's compiled loss (``metric="loss"``, with
+   labels). ``metric="auto"`` reads each output's kind from the compiled loss, else from its
+   activation: softmax -> KL; sigmoid or a single unit -> scaled error; several linear units
+   -> KL on logits (the report says which it used).
 2. **Cost, as** :func:`uniq_tf.summary` **counts it.** A layer's BOPs depend on its weight
    width and on the width of its input, i.e. on the activation bits of the layer(s) upstream
    (merges take the widest); the graph is probed once to find those sources, so the plan's
@@ -23,22 +28,50 @@ weights)" in three steps (docs/method.md, "Mixed precision under a budget"):
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from uniq_tf import bops, inputs, kquantile, quantize, registry
+from uniq_tf import internals
 from uniq_tf._keras import require_keras2_model, tf
-from uniq_tf.modes import calibrate_activations, set_activation_mode, set_weight_mode
-from uniq_tf.quantize_config import KernelQuantizeConfig
-from uniq_tf.quantizers import ActMode, Mode
+from uniq_tf.cost import bops
+from uniq_tf.integration import plan as planning
+from uniq_tf.integration import registry
+from uniq_tf.integration.apply import quantize_annotated
+from uniq_tf.integration.configs import KernelQuantizeConfig
+from uniq_tf.integration.inspection import (
+    float_kernel,
+    kernel_wrappers,
+    output_quantizers,
+    weight_quantizers,
+    wrappers,
+)
+from uniq_tf.integration.modes import calibrate_activations, set_activation_mode, set_weight_mode
+from uniq_tf.integration.names import float_name
+from uniq_tf.method import kquantile
+from uniq_tf.method.quantizers import ActMode, Mode
+from uniq_tf.method.settings import (
+    ACTIVATION_BITS_RANGE,
+    DEFAULTS,
+    WEIGHT_BITS_RANGE,
+    UniqSettings,
+    check_activation_bits,
+    check_weight_bits,
+)
+from uniq_tf.util import checks, inputs
 
-METRICS = ("kl", "loss")
+METRICS = ("auto", "kl", "mse", "loss")
+# What each output's sensitivity is measured with.
+MEASURES = {
+    "kl": "KL divergence from the float model's class distribution (softmax of logits)",
+    "kl_probs": "KL divergence from the float model's class distribution (softmax outputs)",
+    "mse": "mean squared output error over the float outputs' variance",
+    "loss": "increase of the model's compiled loss on the labels",
+}
 DEFAULT_BATCH = 64
 # Activation widths the graph is probed with: the lowest and highest quantize_model accepts.
-_LOW, _HIGH = quantize.ACTIVATION_BITS_RANGE
+_LOW, _HIGH = ACTIVATION_BITS_RANGE
 _PROBE_WEIGHT_BITS = 8
 OBJECTIVE_SCALE = 1e6
 MAX_CUTS = 50
@@ -294,14 +327,15 @@ def solve(
 # --------------------------------------------------------------------------- sensitivity
 
 
-def _batches(data, batches: int) -> list[tuple[tf.Tensor, tf.Tensor | None]]:
-    """Up to ``batches`` (inputs, labels or None) from a tf.data.Dataset or iterable of
-    batches (x or (x, y)), an array of inputs, or an (x, y) pair of arrays."""
+def _batches(data, batches: int, model=None) -> list[tuple[tf.Tensor, object]]:
+    """Up to ``batches`` (inputs, labels or None) from ``data`` in any form of
+    :mod:`uniq_tf.util.inputs` (an unbatched dataset is batched by the model's input rank)."""
     out = []
-    for x, y in inputs.batches(data, DEFAULT_BATCH, "data"):
+    for x, y in inputs.batches(data, DEFAULT_BATCH, "data", model=model):
         if len(out) == batches:
             break
-        out.append((tf.convert_to_tensor(x), None if y is None else tf.convert_to_tensor(y)))
+        out.append((tf.convert_to_tensor(x),
+                    None if y is None else tf.nest.map_structure(tf.convert_to_tensor, y)))
     if not out:
         raise ValueError(
             "allocate_bits got no batch from `data` (an empty dataset, iterable or array); "
@@ -310,92 +344,217 @@ def _batches(data, batches: int) -> list[tuple[tf.Tensor, tf.Tensor | None]]:
     return out
 
 
-def _log_probs(outputs, from_logits: bool) -> tf.Tensor:
-    outputs = tf.cast(outputs, tf.float64)
-    if from_logits:
-        return tf.nn.log_softmax(outputs, axis=-1)
-    return tf.math.log(tf.clip_by_value(outputs, 1e-12, 1.0))
+def _outputs(values) -> list[tf.Tensor]:
+    return [tf.cast(v, tf.float64) for v in tf.nest.flatten(values)]
 
 
-def _score(metric: str, log_p, reference, labels) -> float:
-    """Mean KL(reference || p) per example, or the mean cross-entropy of p on ``labels``."""
-    if metric == "kl":
-        return float(tf.reduce_mean(tf.reduce_sum(tf.exp(reference) * (reference - log_p), -1)))
-    picked = tf.gather(log_p, tf.reshape(tf.cast(labels, tf.int32), [-1, 1]), batch_dims=1)
-    return float(-tf.reduce_mean(picked))
+def _compiled_losses(model) -> list:
+    """The compiled loss of each output (None where there is none, or the model is not
+    compiled)."""
+    loss = getattr(model, "loss", None)
+    count = len(model.outputs)
+    if loss is None:
+        return [None] * count
+    if isinstance(loss, dict):
+        return [loss.get(name) for name in model.output_names]
+    if isinstance(loss, (list, tuple)):
+        return list(loss) + [None] * (count - len(loss))
+    return [loss] * count
+
+
+def _loss_kind(loss) -> str | None:
+    """"kl" / "kl_probs" for a categorical cross-entropy, "mse" for any other known loss."""
+    if loss is None:
+        return None
+    name = loss if isinstance(loss, str) else (
+        getattr(loss, "name", None) or getattr(loss, "__name__", "") or type(loss).__name__)
+    name = str(name).lower()
+    if "categorical_crossentropy" in name or "categoricalcrossentropy" in name:
+        from_logits = bool(getattr(loss, "from_logits", False) or
+                           getattr(loss, "_fn_kwargs", {}).get("from_logits", False))
+        return "kl" if from_logits else "kl_probs"
+    return "mse"
+
+
+def output_measures(model, metric: str = "auto") -> list[tuple[str, str, str]]:
+    """(output name, measure, why) per output of ``model``: the measure of :data:`MEASURES`
+    its sensitivity is taken with under ``metric`` (module docstring, step 1).
+
+    Raises:
+        ValueError: an unknown metric, or ``metric="loss"`` for a model without a compiled
+            loss.
+    """
+    checks.check_choice(metric, "metric", METRICS)
+    names = list(getattr(model, "output_names", None) or
+                 [f"output_{i}" for i in range(len(model.outputs))])
+    if metric == "loss":
+        if getattr(model, "compiled_loss", None) is None:
+            raise ValueError(
+                f'metric="loss" measures the increase of the compiled loss, but model '
+                f"{model.name!r} is not compiled; compile it with the loss it was trained "
+                'with, or use metric="auto"')
+        return [(name, "loss", "the compiled loss") for name in names]
+    out = []
+    for name, tensor, loss in zip(names, model.outputs, _compiled_losses(model), strict=True):
+        if metric != "auto":
+            kind, why = metric, f'metric="{metric}"'
+            if metric == "kl" and _activation(tensor) == "softmax":
+                kind = "kl_probs"
+        elif _loss_kind(loss) is not None:
+            kind, why = _loss_kind(loss), "the compiled loss"
+        else:
+            kind, why = _measure_from_output(tensor)
+        out.append((name, kind, why))
+    return out
+
+
+def _activation(tensor) -> str | None:
+    layer = internals.keras_history(tensor).layer
+    return registry.activation_name(layer)
+
+
+def _measure_from_output(tensor) -> tuple[str, str]:
+    activation = _activation(tensor)
+    units = tensor.shape[-1]
+    if activation == "softmax":
+        return "kl_probs", "a softmax output"
+    if activation == "sigmoid":
+        return "mse", "a sigmoid (multi-label) output"
+    if units == 1 or units is None:
+        return "mse", "a single linear unit (regression)"
+    return "kl", f"{units} linear units, taken as logits (pass metric=\"mse\" for regression)"
+
+
+def _log_probs(output: tf.Tensor, kind: str) -> tf.Tensor:
+    if kind == "kl":
+        return tf.nn.log_softmax(output, axis=-1)
+    return tf.math.log(tf.clip_by_value(output, 1e-12, 1.0))
+
+
+class _Scorer:
+    """The sensitivity of a model's outputs against the float model's (module docstring)."""
+
+    def __init__(self, model, reference, measures, labels):
+        self.model = model
+        self.kinds = [kind for _, kind, _ in measures]
+        self.labels = labels
+        self.reference = reference
+        self.log_reference = [_log_probs(r, k) if k.startswith("kl") else None
+                              for r, k in zip(reference, self.kinds, strict=True)]
+        # Per output, the float outputs' variance (over examples, averaged over units),
+        # floored so that a constant output does not divide by zero.
+        self.variance = [
+            tf.maximum(tf.reduce_mean(tf.math.reduce_variance(r, axis=0)),
+                       1e-12 * tf.maximum(1.0, tf.reduce_mean(tf.square(r))))
+            for r in reference
+        ]
+        self.base = self._loss(reference) if "loss" in self.kinds else 0.0
+
+    def _loss(self, outputs) -> float:
+        values = outputs[0] if len(outputs) == 1 else outputs
+        return float(self.model.compiled_loss(self.labels, values))
+
+    def __call__(self, outputs: list[tf.Tensor]) -> float:
+        if "loss" in self.kinds:
+            return self._loss(outputs) - self.base
+        total = 0.0
+        for output, kind, ref, log_ref, var in zip(outputs, self.kinds, self.reference,
+                                                   self.log_reference, self.variance,
+                                                   strict=True):
+            if kind.startswith("kl"):
+                log_p = _log_probs(output, kind)
+                total += float(tf.reduce_mean(tf.reduce_sum(tf.exp(log_ref) * (log_ref - log_p),
+                                                            -1)))
+            else:
+                total += float(tf.reduce_mean(tf.square(output - ref)) / var)
+        return total
 
 
 def _owned_quantizers(probe) -> dict[str, list[str]]:
     """Kernel layer -> the wrappers whose output quantizer it owns (layer_bits semantics)."""
     owned: dict[str, list[str]] = {}
-    for wrapper in quantize.wrappers(probe):
-        if quantize.output_quantizers(wrapper):
+    for wrapper in wrappers(probe):
+        if output_quantizers(wrapper):
             owned.setdefault(wrapper.quantize_config.owner, []).append(wrapper.layer.name)
     return owned
 
 
-def _hard_kernels(wrapper, weight_bits: int, per_channel: bool, distribution: str) -> list:
+def _hard_kernels(wrapper, weight_bits: int, settings: UniqSettings) -> list:
     """Assigns the hard k-quantile kernels; returns (variable, float value) to restore."""
     saved = []
-    axes = registry.kernel_attributes(wrapper.layer)
-    for attr, _, _ in quantize.weight_quantizers(wrapper):
-        variable = quantize.float_kernel(wrapper, attr)
+    for attr, quantizer, _ in weight_quantizers(wrapper):
+        variable = float_kernel(wrapper, attr)
         saved.append((variable, variable.numpy()))
-        variable.assign(kquantile.quantize(variable, weight_bits,
-                                           axes[attr] if per_channel else None, distribution))
+        variable.assign(kquantile.quantize(variable, weight_bits, quantizer.channel_axes,
+                                           settings.distribution))
     return saved
+
+
+def _probe(model, activation_bits: int, skip_layers, settings: UniqSettings):
+    """The model quantized at ``activation_bits`` with every quantizer off (FLOAT), its
+    ranges calibrated by the caller."""
+    annotations = planning.annotations_for(model, None, skip_layers)
+    return quantize_annotated(model, annotations,
+                              settings.replace(activation_bits=activation_bits))
 
 
 def measure_sensitivity(
     model, data, candidates: Mapping[str, Sequence[Pair]], *, batches: int = 4,
-    metric: str = "kl", from_logits: bool = True, skip_layers: Iterable[str] = (),
-    per_channel: bool = False, distribution: str = kquantile.GAUSSIAN,
-) -> tuple[dict[str, dict[Pair, float]], int]:
-    """s_j(w, a) for every layer j and pair of ``candidates`` (module docstring, step 1), and
-    the forward passes it took: batches x (1 + activation widths + pairs). A pair (w, None)
-    quantizes the kernel only (the layer owns no activation quantizer).
+    metric: str = "auto", skip_layers: Iterable[str] = (),
+    settings: UniqSettings | None = None,
+) -> tuple[dict[str, dict[Pair, float]], int, list[tuple[str, str, str]]]:
+    """s_j(w, a) for every layer j and pair of ``candidates`` (module docstring, step 1), the
+    forward passes it took (batches x (1 + activation widths + pairs)), and the measure of
+    each output (:func:`output_measures`). A pair (w, None) quantizes the kernel only (the
+    layer owns no activation quantizer).
 
-    ``metric="loss"`` gives the cross-entropy increase over the float model and needs labels.
+    Raises:
+        ValueError: no batch in ``data``; ``metric="loss"`` without labels or compiled loss.
     """
-    batch_list = _batches(data, batches)
-    if metric == "loss" and any(y is None for _, y in batch_list):
-        raise ValueError('metric="loss" needs (inputs, labels) batches; use metric="kl"')
+    settings = settings or DEFAULTS
+    measures = output_measures(model, metric)
+    batch_list = _batches(data, batches, model)
+    labelled = all(y is not None for _, y in batch_list)
+    if metric == "loss" and not labelled:
+        raise ValueError('metric="loss" needs (inputs, labels) batches, and the data gave '
+                         'inputs only; pass (x, y), or use metric="auto"')
     # One call on every measured example: fewer, larger forward calls.
-    inputs = tf.concat([x for x, _ in batch_list], 0)
-    labels = None if metric == "kl" else tf.concat([y for _, y in batch_list], 0)
-    reference = _log_probs(model(inputs, training=False), from_logits)
-    base = 0.0 if metric == "kl" else _score(metric, reference, reference, labels)
+    x_all = tf.concat([x for x, _ in batch_list], 0)
+    labels = None
+    if metric == "loss":
+        labels = tf.nest.map_structure(lambda *ys: tf.concat(ys, 0), *[y for _, y in batch_list])
+    scorer = _Scorer(model, _outputs(model(x_all, training=False)), measures, labels)
     widths = sorted({a for pairs in candidates.values() for _, a in pairs if a is not None})
     widths = widths or [_HIGH]
     out: dict[str, dict[Pair, float]] = {name: {} for name in candidates}
     passes = len(batch_list)
     for a in widths:
-        probe = quantize.quantize_model(model, _PROBE_WEIGHT_BITS, a, skip_layers=skip_layers,
-                                        per_channel=per_channel, distribution=distribution)
+        probe = _probe(model, a, skip_layers, settings)
         set_weight_mode(probe, Mode.FLOAT)
         calibrate_activations(probe, [x for x, _ in batch_list], verbose=False)
         set_activation_mode(probe, ActMode.FLOAT)
         forward = tf.function(lambda batch, probe=probe: probe(batch, training=False))
         owned = _owned_quantizers(probe)
-        kernels = quantize.kernel_wrappers_by_layer(probe)  # a SeparableConv2D: two halves
+        kernels: dict[str, list] = {}  # a split SeparableConv2D: both halves
+        for wrapper in kernel_wrappers(probe):
+            kernels.setdefault(float_name(wrapper), []).append(wrapper)
         passes += len(batch_list)
         for name, pairs in candidates.items():
             for w, pair_a in pairs:
                 if pair_a != a and not (pair_a is None and a == widths[-1]):
                     continue
                 saved = [pair for wrapper in kernels[name]
-                         for pair in _hard_kernels(wrapper, w, per_channel, distribution)]
+                         for pair in _hard_kernels(wrapper, w, settings)]
                 quantized = owned.get(name, []) if pair_a is not None else []
                 if quantized:
                     set_activation_mode(probe, ActMode.QUANTIZED, quantized)
-                log_p = _log_probs(forward(inputs), from_logits)
-                out[name][(w, pair_a)] = _score(metric, log_p, reference, labels) - base
+                out[name][(w, pair_a)] = scorer(_outputs(forward(x_all)))
                 passes += len(batch_list)
                 if quantized:
                     set_activation_mode(probe, ActMode.FLOAT, quantized)
                 for variable, value in saved:
                     variable.assign(value)
-    return out, passes
+    return out, passes, measures
 
 
 # --------------------------------------------------------------------------- the front door
@@ -416,6 +575,7 @@ class AllocationReport:
     max_weight_bytes: float | None
     forward_passes: int
     seconds: float
+    measures: list[dict] = dataclasses.field(default_factory=list)
 
     @property
     def predicted_sensitivity(self) -> float:
@@ -431,8 +591,8 @@ class AllocationReport:
                   "W bytes")
         cells = [(row["name"], str(row["weight_bits"]),
                   "-" if row["activation_bits"] is None else str(row["activation_bits"]),
-                  f"{row['sensitivity']:.4g}", bops._si(row["bops"]),
-                  bops._si(row["weight_bytes"])) for row in self.layers]
+                  f"{row['sensitivity']:.4g}", bops.si(row["bops"]),
+                  bops.si(row["weight_bytes"])) for row in self.layers]
         widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(header)]
 
         def line(values):
@@ -448,6 +608,8 @@ class AllocationReport:
             f"Weight memory: {self.total_weight_bytes:.6g} bytes"
             f"{_budget_text(self.total_weight_bytes, self.max_weight_bytes)}",
             f"Predicted sensitivity (sum over layers): {self.predicted_sensitivity:.4g}",
+            *(f"Sensitivity of output {m['output']!r}: {MEASURES[m['measure']]} ({m['why']})"
+              for m in self.measures),
         ])
 
     __str__ = table
@@ -459,11 +621,11 @@ def _budget_text(used: float, budget: float | None) -> str:
     return f" of a budget of {budget:.6g} ({100 * used / budget:.1f} %)"
 
 
-def _check_widths(values, allowed: tuple[int, int], what: str) -> tuple[int, ...]:
-    if isinstance(values, (int, np.integer)) or not isinstance(values, Iterable):
+def _check_widths(values, check, allowed: tuple[int, int], what: str) -> tuple[int, ...]:
+    if checks.is_integer(values) or not isinstance(values, Iterable):
         raise ValueError(f"{what} must be a sequence of bit widths, e.g. (2, 4, 8); got "
                          f"{values!r}")
-    checked = tuple(sorted({quantize._check_bits(v, allowed, what) for v in values}))
+    checked = tuple(sorted({check(v, what) for v in values}))
     if not checked:
         raise ValueError(f"{what} must list at least one bit width in "
                          f"{allowed[0]}..{allowed[1]}")
@@ -471,19 +633,13 @@ def _check_widths(values, allowed: tuple[int, int], what: str) -> tuple[int, ...
 
 
 def _check_budget(value, what: str) -> float | None:
-    if value is None:
-        return None
-    number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
-        value, bool)
-    if not number or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{what} must be a positive number, got {value!r}")
-    return float(value)
+    return None if value is None else checks.check_number(value, what, positive=True)
 
 
 def _candidates(model, weight_bits, activation_bits, pinned, skip_layers):
     """(layer -> allowed pairs, the pinned plan of activation layers no kernel layer owns)."""
-    configs = quantize._plan(model, weight_bits[-1], activation_bits[-1], {}, skip_layers,
-                             False, kquantile.GAUSSIAN, 1.0, kquantile.PAPER)
+    configs = planning.plan(model, planning.annotations_for(model, None, skip_layers),
+                            UniqSettings(weight_bits[-1], activation_bits[-1]))
     owners = {getattr(c, "owner", None) for c in configs.values()
               if getattr(c, "activation_bits", None) is not None}
     kernel_layers = [n for n, c in configs.items() if isinstance(c, KernelQuantizeConfig)]
@@ -534,7 +690,7 @@ def check_budget(
     activation_bits: Sequence[int] = (4, 8),
     layer_bits: Mapping[str, tuple[int | None, int | None]] | None = None,
     skip_layers: Iterable[str] = (),
-    per_channel: bool = False,
+    settings: UniqSettings | None = None,
     input_bits: int = 8,
 ) -> CostModel:
     """The checks of :func:`allocate_bits` that need no data (run them before training).
@@ -552,12 +708,13 @@ def check_budget(
     max_weight_bytes = _check_budget(max_weight_bytes, "max_weight_bytes")
     if max_bops is None and max_weight_bytes is None:
         raise ValueError("allocate_bits needs a budget: max_bops and/or max_weight_bytes")
-    weight_bits = _check_widths(weight_bits, quantize.WEIGHT_BITS_RANGE, "weight_bits")
-    activation_bits = _check_widths(activation_bits, quantize.ACTIVATION_BITS_RANGE,
-                                    "activation_bits")
-    pinned, skip_layers = quantize.check_layer_overrides(model, layer_bits, skip_layers)
+    weight_bits = _check_widths(weight_bits, check_weight_bits, WEIGHT_BITS_RANGE, "weight_bits")
+    activation_bits = _check_widths(activation_bits, check_activation_bits,
+                                    ACTIVATION_BITS_RANGE, "activation_bits")
+    pinned, skip_layers = planning.check_layer_overrides(model, layer_bits, skip_layers)
     candidates, fixed_plan = _candidates(model, weight_bits, activation_bits, pinned,
                                          skip_layers)
+    per_channel = UniqSettings.resolve(settings).per_channel
     costs = cost_model(model, candidates, fixed_plan, skip_layers, per_channel, input_bits)
     _check_reachable(costs, max_bops, max_weight_bytes)
     return costs
@@ -572,12 +729,10 @@ def allocate_bits(
     weight_bits: Sequence[int] = (2, 3, 4, 8),
     activation_bits: Sequence[int] = (4, 8),
     batches: int = 4,
-    metric: str = "kl",
-    from_logits: bool = True,
+    metric: str = "auto",
     layer_bits: Mapping[str, tuple[int | None, int | None]] | None = None,
     skip_layers: Iterable[str] = (),
-    per_channel: bool = False,
-    distribution: str = kquantile.GAUSSIAN,
+    settings: UniqSettings | None = None,
     input_bits: int = 8,
 ) -> tuple[dict[str, Pair], AllocationReport]:
     """Per-layer (weight, activation) bits with the least predicted loss within a budget.
@@ -589,20 +744,22 @@ def allocate_bits(
 
     Args:
         model: a built float tf_keras Sequential/Functional model with a fixed input shape.
-        data: a tf.data.Dataset or iterable of batches (x or (x, y)), an array of inputs, or
-            an (x, y) pair of arrays; the first ``batches`` batches are used.
+        data: inputs in any form of :mod:`uniq_tf.util.inputs` (x, or (x, y) with labels;
+            an unbatched dataset is batched); the first ``batches`` batches are used.
         max_bops: budget of the model's total BOPs as ``uniq_tf.summary`` counts them.
         max_weight_bytes: budget of the model's weight memory in bytes (the summary's: kernels
             at their widths plus codebooks, every other weight at 32 bits).
         weight_bits: candidate codebook index widths, each 1..16.
         activation_bits: candidate activation widths, each 2..16.
         batches: batches of ``data`` to measure on.
-        metric: "kl" (mean KL divergence from the float model's outputs; needs no labels) or
-            "loss" (increase of the cross-entropy; needs labels).
-        from_logits: the model outputs logits (else probabilities).
+        metric: how a layer's sensitivity is measured (module docstring, :data:`MEASURES`):
+            "auto" (default: by each output's compiled loss or activation), "kl" (KL
+            divergence of class distributions), "mse" (output error over the output's
+            variance) or "loss" (increase of the compiled loss; needs labels).
         layer_bits: kernel layers pinned to (w, a); None on a side leaves it to the choice.
         skip_layers: layers left in float (fixed cost at 32 x 32 bits).
-        per_channel, distribution: as ``quantize_model`` will be called.
+        settings: the :class:`uniq_tf.UniqSettings` ``quantize_model`` will be called with
+            (its per_channel and distribution; the bits are the candidates').
         input_bits: the model input's width for BOPs, as in ``uniq_tf.summary``.
 
     Returns:
@@ -610,28 +767,29 @@ def allocate_bits(
         first one) to (w, a), a = None where the layer owns no activation quantizer; use it
         as ``quantize_model(model, layer_bits=plan, skip_layers=skip_layers)`` and
         ``uniq_tf.summary(model, 8, 8, layer_bits=plan)`` prices it exactly as the report.
-        ``report``: an :class:`AllocationReport` (``print(report)`` shows the table).
+        ``report``: an :class:`AllocationReport` (``print(report)`` shows the table and the
+        measure each output was scored with).
 
     Raises:
         ValueError: no budget; a budget below the smallest plan (naming the smallest value);
             unknown or non-kernel layer names in ``layer_bits``/``skip_layers``; bit widths
-            out of range; no batch in ``data``; labels missing for ``metric="loss"``.
+            out of range; no batch in ``data``; ``metric="loss"`` without labels or without a
+            compiled loss.
     """
     start = time.perf_counter()
     model = require_keras2_model(model)
-    if metric not in METRICS:
-        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
-    if isinstance(batches, bool) or not isinstance(batches, (int, np.integer)) or batches < 1:
-        raise ValueError(f"batches must be a positive integer, got {batches!r}")
-    batch_list = _batches(data, batches)
+    checks.check_choice(metric, "metric", METRICS)
+    batches = checks.check_positive_int(batches, "batches")
+    settings = UniqSettings.resolve(settings)
+    output_measures(model, metric)  # a metric the model cannot give fails before measuring
+    batch_list = _batches(data, batches, model)
     costs = check_budget(model, max_bops=max_bops, max_weight_bytes=max_weight_bytes,
                          weight_bits=weight_bits, activation_bits=activation_bits,
                          layer_bits=layer_bits, skip_layers=skip_layers,
-                         per_channel=per_channel, input_bits=input_bits)
-    sensitivity, passes = measure_sensitivity(
+                         settings=settings, input_bits=input_bits)
+    sensitivity, passes, measures = measure_sensitivity(
         model, batch_list, costs.candidates, batches=batches, metric=metric,
-        from_logits=from_logits, skip_layers=skip_layers, per_channel=per_channel,
-        distribution=distribution)
+        skip_layers=skip_layers, settings=settings)
     plan = solve(costs, sensitivity, max_bops,
                  None if max_weight_bytes is None else 8 * max_weight_bytes)
     per_layer = costs.layer_costs(plan)
@@ -643,6 +801,8 @@ def allocate_bits(
         "candidates": {f"W{cw}A{'-' if ca is None else ca}": s
                        for (cw, ca), s in sensitivity[name].items()},
     } for name, (w, a) in plan.items()]
-    report = AllocationReport(model.name, metric, layers, total_bops, total_bits / 8, max_bops,
-                              max_weight_bytes, passes, round(time.perf_counter() - start, 2))
+    report = AllocationReport(
+        model.name, metric, layers, total_bops, total_bits / 8, max_bops, max_weight_bytes,
+        passes, round(time.perf_counter() - start, 2),
+        [{"output": name, "measure": kind, "why": why} for name, kind, why in measures])
     return {**plan, **costs.fixed_plan}, report

@@ -33,16 +33,15 @@ import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from uniq_tf import atomic, internals, quantize, registry
+from uniq_tf import internals
 from uniq_tf._keras import keras, require_keras2_model, tf
-from uniq_tf.bitwidths import (
-    FLOAT_BITS,
-    PASS_THROUGH_TYPES,
-    BitResolver,
-    inner_layer,
-    model_nodes,
-)
-from uniq_tf.quantize_config import ActivationQuantizeConfig, KernelQuantizeConfig
+from uniq_tf.cost.bitwidths import FLOAT_BITS, BitResolver, inner_layer, model_nodes
+from uniq_tf.integration import plan as planning
+from uniq_tf.integration import registry
+from uniq_tf.integration.configs import KernelQuantizeConfig
+from uniq_tf.integration.inspection import is_quantized_model, is_uniq_wrapper, wrappers
+from uniq_tf.method.settings import UniqSettings
+from uniq_tf.util import atomic, checks, graph
 
 L = keras.layers
 CODEBOOK_ENTRY_BITS = 32
@@ -57,12 +56,7 @@ _FIXED_SHAPE_ADVICE = (
 # --------------------------------------------------------------------------- pure formulas
 
 
-def _positive_int(value, what: str) -> int:
-    if isinstance(value, bool) or not (isinstance(value, int) or hasattr(value, "__index__")):
-        raise ValueError(f"{what} must be a positive integer, got {value!r}")
-    if int(value) < 1:
-        raise ValueError(f"{what} must be a positive integer, got {value!r}")
-    return int(value)
+_positive_int = checks.check_positive_int
 
 
 def accumulator_bits(fan_in: int, b_w: int, b_a: int) -> float:
@@ -149,10 +143,7 @@ def conv_output_length(
 
 
 def _bits(value, what: str) -> int:
-    bits = _positive_int(value, what)
-    if bits > FLOAT_BITS:
-        raise ValueError(f"{what} must be in 1..{FLOAT_BITS}, got {bits}")
-    return bits
+    return checks.check_int(value, what, 1, FLOAT_BITS)
 
 
 @dataclass(frozen=True)
@@ -370,10 +361,8 @@ def summary(
         weight_bits is not None or activation_bits is not None or layer_bits is not None
         or bool(skip_layers) or per_channel
     )
-    foreign = [
-        w.name for w in quantize.wrappers(model)
-        if not isinstance(w.quantize_config, (KernelQuantizeConfig, ActivationQuantizeConfig))
-    ]
+    found = wrappers(model)
+    foreign = [w.name for w in found if not is_uniq_wrapper(w)]
     if foreign:
         raise ValueError(
             f"Model {model.name!r} has quantize wrappers uniq_tf did not make ({foreign[:3]}"
@@ -381,14 +370,14 @@ def summary(
             "summary prices float models and models from uniq_tf.quantize_model; price TFMOT's "
             "8-bit QAT as summary(float_model, weight_bits=8, activation_bits=8)."
         )
-    if quantize.is_quantized_model(model):
+    if is_quantized_model(model):
         if spec_given:
             raise ValueError(
                 f"Model {model.name!r} is already quantized: summary reads its bit widths from "
                 "its quantizers. Bit arguments (weight_bits, activation_bits, layer_bits, "
                 "skip_layers, per_channel) apply to float models only."
             )
-        configs = {w.name: w.quantize_config for w in quantize.wrappers(model)}
+        configs = {w.name: w.quantize_config for w in found}
     elif spec_given:
         configs = _plan(model, weight_bits, activation_bits, layer_bits, skip_layers, per_channel)
     else:
@@ -398,15 +387,14 @@ def summary(
 
 
 def _check_priceable(model, where: str) -> None:
-    if not model.built or not internals.is_graph_network(model):
-        raise ValueError(
-            f"{where} ({type(model).__name__}) has no graph with known shapes: it is "
-            f"{'not built' if not model.built else 'subclassed or built without an Input'}. "
-            f"BOPs need every layer's output shape. {_FIXED_SHAPE_ADVICE}"
-        )
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            _check_priceable(layer, f"nested model {layer.name!r}")
+    for each in (model, *graph.nested_models(model)):
+        name = where if each is model else f"nested model {each.name!r}"
+        if not each.built or not internals.is_graph_network(each):
+            raise ValueError(
+                f"{name} ({type(each).__name__}) has no graph with known shapes: it is "
+                f"{'not built' if not each.built else 'subclassed or built without an Input'}. "
+                f"BOPs need every layer's output shape. {_FIXED_SHAPE_ADVICE}"
+            )
 
 
 def _plan(model, weight_bits, activation_bits, layer_bits, skip_layers, per_channel) -> dict:
@@ -417,15 +405,9 @@ def _plan(model, weight_bits, activation_bits, layer_bits, skip_layers, per_chan
             f"(got weight_bits={weight_bits!r}, activation_bits={activation_bits!r}); "
             "layer_bits then overrides them per layer. Give none of them to price it in float."
         )
-    weight_bits = quantize._check_bits(weight_bits, quantize.WEIGHT_BITS_RANGE, "weight_bits")
-    activation_bits = quantize._check_bits(
-        activation_bits, quantize.ACTIVATION_BITS_RANGE, "activation_bits"
-    )
-    checked, skip_layers = quantize.check_layer_overrides(model, layer_bits, skip_layers)
-    return quantize._plan(
-        model, weight_bits, activation_bits, checked, skip_layers, bool(per_channel),
-        "gaussian", 1.0, "paper",
-    )
+    settings = UniqSettings(weight_bits, activation_bits, per_channel=bool(per_channel))
+    return planning.plan(model, planning.annotations_for(model, layer_bits, skip_layers),
+                         settings)
 
 
 def _rows(model, resolver: BitResolver) -> list[dict]:
@@ -445,7 +427,7 @@ def _rows(model, resolver: BitResolver) -> list[dict]:
         if registry.kernel_attributes(inner) is not None:
             row.update(_kernel_row(inner, resolver.config(layer), output_shape,
                                    resolver.input_width(node, scope)))
-        elif inner.weights and not isinstance(inner, PASS_THROUGH_TYPES):
+        elif inner.weights and not isinstance(inner, registry.PASS_THROUGH_TYPES):
             unpriced.append(f"{name} ({type(inner).__name__})")
         rows.append(row)
     if unpriced:
@@ -461,7 +443,7 @@ def _param_count(layer) -> int:
     """Parameters of ``layer``, kernels included also when a QuantizeWrapper took them over."""
     attrs = registry.kernel_attributes(layer) or {}
     kernels = sum(math.prod(getattr(layer, attr).shape) for attr in attrs)
-    others = [w for w in layer.weights if w.name.split("/")[-1].split(":")[0] not in attrs]
+    others = [w for w in layer.weights if graph.weight_name(w) not in attrs]
     return kernels + sum(math.prod(w.shape) for w in others)
 
 
@@ -505,7 +487,8 @@ def _kernel_row(layer, config, output_shape, b_a: int) -> dict:
 # --------------------------------------------------------------------------- table
 
 
-def _si(value: float) -> str:
+def si(value: float) -> str:
+    """``value`` with an SI suffix (k, M, G, T, P) and 4 significant digits."""
     if value == 0:
         return "0"
     for exponent, suffix in ((15, "P"), (12, "T"), (9, "G"), (6, "M"), (3, "k")):
@@ -534,15 +517,15 @@ def _format_table(report: BopsReport) -> str:
             f"{row['params']:,}", _bits_text(row, "weight_bits"),
             _bits_text(row, "activation_bits"),
             "" if row["codebook_size"] is None else str(row["codebook_size"]),
-            _si(row["macs"]), _si(row["bops"]), _si(row["bops_simple"]),
-            _si(row["weight_memory_bits"]),
+            si(row["macs"]), si(row["bops"]), si(row["bops_simple"]),
+            si(row["weight_memory_bits"]),
         )
         for row in report.layers
     ]
     totals = (
-        "Total", "", "", f"{report.total_params:,}", "", "", "", _si(report.total_macs),
-        _si(report.total_bops), _si(report.total_bops_simple),
-        _si(report.total_weight_memory_bits),
+        "Total", "", "", f"{report.total_params:,}", "", "", "", si(report.total_macs),
+        si(report.total_bops), si(report.total_bops_simple),
+        si(report.total_weight_memory_bits),
     )
     widths = [
         max(len(title), *(len(c[i]) for c in [*cells, totals]))

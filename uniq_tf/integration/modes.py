@@ -1,43 +1,32 @@
-"""Reading and setting the quantizers' modes, and calibrating activation ranges.
+"""Reading and setting the quantizers' modes and integer grids, and calibrating activation
+ranges.
 
 These are what schedule callbacks use: assigning a mode variable changes the forward pass of
-an already traced train function (no retrace).
+an already traced train function (no retrace). Layers are named as the float model names them
+(:mod:`uniq_tf.integration.names`): a split SeparableConv2D's name sets both halves.
 """
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Iterable
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from uniq_tf import inputs
 from uniq_tf._keras import tf
-from uniq_tf.quantize import (
+from uniq_tf.integration.inspection import (
+    codebook_key,
     get_activation_ranges,
     kernel_wrappers,
     output_quantizers,
     weight_quantizers,
     wrappers,
 )
-from uniq_tf.quantizers import ActMode, Mode
+from uniq_tf.integration.names import resolve
+from uniq_tf.method.quantizers import ActMode, Mode, check_grid_bits
+from uniq_tf.util import checks, inputs
 
 CALIBRATION_BATCH = 32
-
-
-def _select(model, layers: Iterable[str] | None) -> list:
-    found = wrappers(model)
-    if layers is None:
-        return found
-    wanted = set(layers)
-    by_name = {w.layer.name: w for w in found}
-    unknown = sorted(wanted - set(by_name))
-    if unknown:
-        raise ValueError(
-            f"No quantized layers named {unknown}; quantized layers: {sorted(by_name)}"
-        )
-    return [by_name[n] for n in by_name if n in wanted]
 
 
 def set_weight_mode(model, mode: Mode, layers: Iterable[str] | None = None) -> None:
@@ -47,13 +36,13 @@ def set_weight_mode(model, mode: Mode, layers: Iterable[str] | None = None) -> N
     Args:
         model: a quantized model (``uniq_tf.quantize_model``).
         mode: a :class:`uniq_tf.Mode` (or its integer value).
-        layers: names of the quantized layers to set; None sets all.
+        layers: names of the layers to set (the float model's names); None sets all.
 
     Raises:
         ValueError: ``mode`` is not a Mode, or ``layers`` names a layer that is not quantized.
     """
     mode = Mode(mode)
-    for wrapper in _select(model, layers):
+    for wrapper in resolve(model, layers):
         for _, _, variables in weight_quantizers(wrapper):
             variables["mode"].assign(int(mode))
 
@@ -64,14 +53,15 @@ def set_activation_mode(model, mode: ActMode, layers: Iterable[str] | None = Non
     Args:
         model: a quantized model (``uniq_tf.quantize_model``).
         mode: a :class:`uniq_tf.ActMode` (or its integer value).
-        layers: names of the layers whose output quantizers to set; None sets all.
+        layers: names of the layers whose output quantizers to set (the float model's
+            names); None sets all.
 
     Raises:
         ValueError: ``mode`` is not an ActMode, or ``layers`` names a layer that is not
             quantized.
     """
     mode = ActMode(mode)
-    for wrapper in _select(model, layers):
+    for wrapper in resolve(model, layers):
         for _, variables in output_quantizers(wrapper):
             variables["act_mode"].assign(int(mode))
 
@@ -127,9 +117,8 @@ def calibrate_activations(model, data, steps: int | None = None, verbose: bool =
             ranges and modes are kept).
         TypeError: ``data`` is none of the accepted forms.
     """
-    bad_steps = isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1
-    if steps is not None and bad_steps:
-        raise ValueError(f"steps must be a positive integer or None, got {steps!r}")
+    if steps is not None:
+        steps = checks.check_positive_int(steps, "steps")
     previous = activation_modes(model)
     previous_ranges = get_activation_ranges(model)
     for wrapper in wrappers(model):
@@ -142,7 +131,7 @@ def calibrate_activations(model, data, steps: int | None = None, verbose: bool =
     def run(x):
         return model(x, training=False)
 
-    iterator = inputs.batches(data, CALIBRATION_BATCH)
+    iterator = inputs.batches(data, CALIBRATION_BATCH, model=model)
     bar = tqdm(total=steps, desc="calibrating activations", disable=not verbose)
     count = 0
     for x, _ in iterator:
@@ -175,3 +164,37 @@ def calibrate_activations(model, data, steps: int | None = None, verbose: bool =
             ranges[wrapper.layer.name] = (lo, hi)
             variables["act_mode"].assign(int(previous[wrapper.layer.name]))
     return ranges
+
+
+def set_grid_bits(model, bits: int | None, layers: Iterable[str] | None = None) -> dict:
+    """Snaps the hard codebooks of ``layers`` (all quantized layers when None) to their
+    ``bits``-bit integer grid (``KQuantileWeightQuantizer.grid_bits``), or back when None.
+
+    For grid-aware fine-tuning before an FPGA export: set it, put the weights in QUANTIZED
+    mode (``set_weight_mode``), train the last epochs, then ``fpga_export.export_finn`` uses
+    the same grids and its graph computes what the Keras model computes. The setting is saved
+    with the model. The model's compiled train/test/predict functions are reset so the next
+    ``fit``/``evaluate``/``predict`` traces the new forward pass (no recompile needed).
+
+    Args:
+        model: a quantized model (``quantize_model``).
+        bits: the grid width B, at least max(b, 2) for every selected layer and at most 16;
+            None removes the snapping.
+        layers: names of quantized layers (the float model's names: a split SeparableConv2D's
+            name sets both halves), or None for all.
+
+    Returns:
+        Codebook key -> the grid width now set.
+
+    Raises:
+        ValueError: an unknown layer name, or ``bits`` narrower than a layer's codebook (the
+            message names the layer and the allowed widths).
+    """
+    quantizers = [(codebook_key(w, attr), q) for w in resolve(model, layers, kernels_only=True)
+                  for attr, q, _ in weight_quantizers(w)]
+    for key, quantizer in quantizers:
+        check_grid_bits(bits, quantizer.bits, f"grid bits of layer {key!r}")
+    for _, quantizer in quantizers:
+        quantizer.grid_bits = None if bits is None else int(bits)
+    model.train_function = model.test_function = model.predict_function = None
+    return {key: quantizer.grid_bits for key, quantizer in quantizers}

@@ -1,0 +1,2 @@
+"""Utilities the whole package shares: argument checks, atomic files, the one input convention,
+and walks over (nested) Keras models."""

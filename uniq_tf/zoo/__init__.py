@@ -1,0 +1,1 @@
+"""The models and data sets of the commands, examples and benchmarks."""
