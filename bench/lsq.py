@@ -323,7 +323,7 @@ def lsq_model(model, weight_bits: int, activation_bits: int, per_channel: bool =
     """
     levels(weight_bits, signed=True)
     levels(activation_bits, signed=False)
-    return peers._wrap(
+    wrapped = peers._wrap(
         model,
         lambda layer: QuantizeWrapper(
             layer, LsqKernelConfig(weight_bits, per_channel), name_prefix=""),
@@ -331,3 +331,19 @@ def lsq_model(model, weight_bits: int, activation_bits: int, per_channel: bool =
         wrap_activation=lambda layer: QuantizeWrapper(
             layer, LsqActivationConfig(activation_bits), name_prefix=""),
     )
+    return _rebuilt(wrapped)
+
+
+def _rebuilt(model):
+    """``model`` built again from its config, its weights assigned by name. A wrapper built
+    around an already built layer lists the layer's kernel before the step; one built from its
+    config (as loading a saved model builds it) the step first, and .h5 files match weights
+    by position, so without this a saved LSQ model would not load."""
+    with tfmot.quantization.keras.quantize_scope():
+        fresh = keras.models.clone_model(model)
+    values = {v.name: v for v in model.weights}
+    if sorted(values) != sorted(v.name for v in fresh.weights):
+        raise RuntimeError(f"rebuilding {model.name} changed its variables' names")
+    for variable in fresh.weights:
+        variable.assign(values[variable.name])
+    return fresh
