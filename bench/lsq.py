@@ -40,10 +40,10 @@ import tensorflow_model_optimization as tfmot
 from bench import peers
 from uniq_tf import registry
 from uniq_tf._keras import keras, tf
-from uniq_tf.quantize import QuantizeWrapper
 
 _Quantizer = tfmot.quantization.keras.quantizers.Quantizer
 _QuantizeConfig = tfmot.quantization.keras.QuantizeConfig
+_QuantizeWrapper = tfmot.quantization.keras.QuantizeWrapperV2  # uniq_tf's QuantizeWrapper
 
 STEP_VARIABLE = "lsq_step"
 INITIALIZED_VARIABLE = "lsq_initialized"
@@ -325,10 +325,10 @@ def lsq_model(model, weight_bits: int, activation_bits: int, per_channel: bool =
     levels(activation_bits, signed=False)
     wrapped = peers._wrap(
         model,
-        lambda layer: QuantizeWrapper(
+        lambda layer: _QuantizeWrapper(
             layer, LsqKernelConfig(weight_bits, per_channel), name_prefix=""),
         activation_bits,
-        wrap_activation=lambda layer: QuantizeWrapper(
+        wrap_activation=lambda layer: _QuantizeWrapper(
             layer, LsqActivationConfig(activation_bits), name_prefix=""),
     )
     return _rebuilt(wrapped)
