@@ -7,7 +7,7 @@ A tensor v is quantized to b bits with a trainable step s:
     signed (weights):                     Q_N = 2^(b-1), Q_P = 2^(b-1) - 1
     unsigned (activations after a ReLU):  Q_N = 0,       Q_P = 2^b - 1
 
-Backward (the paper's equations 3-5): round is straight through, so
+Backward, as in the paper: round is straight through, so
 
     d v_hat / d v = 1 where -Q_N <= v / s <= Q_P, else 0
     d v_hat / d s = round(v / s) - v / s inside the range, -Q_N below it, Q_P above it
@@ -26,8 +26,9 @@ Per tensor is the paper's choice and the low-bit suite's: one step per kernel an
 activation tensor. ``per_channel=True`` gives a kernel one step per output channel.
 
 :func:`lsq_model` puts the quantizers where bench/peers.py puts every peer's: on the kernel of
-every Conv2D/Dense layer (at the weight bits, first and last layer included) and on the output
-of every ReLU layer; the model input, biases and batch norm stay float.
+every Conv2D/Dense layer (at the weight bits, the first and last layer included, which the
+paper keeps at 8 bits) and on the output of every ReLU layer; the model input, biases and batch
+norm stay float.
 """
 
 from __future__ import annotations
