@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 
 import uniq_tf
-from bench import common, peers
+from bench import common, lsq, peers
 from uniq_tf._keras import keras, tf
 from uniq_tf.cost import bops
 from uniq_tf.schedule.gradual import GradualQuantization
@@ -64,6 +64,7 @@ METHODS = {
     "uniq_half": "UNIQ, clipped noise + polish of half an epoch",
     "kquantile_ste": "k-quantile + STE (no noise)",
     "uniform_qat": "uniform QAT (TFMOT quantizers)",
+    "lsq": "LSQ (learned step sizes; Esser et al. 2020)",
     "cluster_kmeans": "TFMOT clustering, k-means++ init",
     "ptq_kquantile": "post-training k-quantile",
     "ptq_uniform": "post-training uniform",
@@ -75,7 +76,7 @@ UNIQ_VARIANTS = {"uniq": ("clipped", None), "uniq_paper": ("paper", 0),
                  "uniq_half": ("clipped", 0.5)}
 REFERENCE_METHOD = "uniq"
 FINE_TUNED = ("uniq", "uniq_paper", "uniq_clipped", "uniq_bin", "uniq_half", "kquantile_ste",
-              "uniform_qat", "cluster_kmeans")
+              "uniform_qat", "lsq", "cluster_kmeans")
 POST_TRAINING = ("ptq_kquantile", "ptq_uniform")
 BITS = ((2, 8), (2, 4), (3, 8), (4, 8))
 # The reference schedule is 1.5x longer; it compares schedules at the two lowest 8-bit pairs.
@@ -279,6 +280,8 @@ def build(method: str, model, weight_bits: int, activation_bits: int):
         return uniq_tf.quantize_model(model, weight_bits, activation_bits)
     if method in ("uniform_qat", "ptq_uniform"):
         return peers.uniform_qat(model, weight_bits, activation_bits)
+    if method == "lsq":
+        return lsq.lsq_model(model, weight_bits, activation_bits)  # per tensor, as the paper
     if method == "cluster_kmeans":
         return peers.clustered(model, weight_bits, activation_bits, "kmeans++")
     raise ValueError(f"Unknown method {method!r}; allowed: {list(METHODS)}")
@@ -296,6 +299,9 @@ def fine_tune(method: str, model_name: str, float_, seed: int, bits: tuple[int, 
         peers.set_uniform_ranges(model)
     if method in ("kquantile_ste", "ptq_kquantile"):
         uniq_tf.set_weight_mode(model, uniq_tf.Mode.QUANTIZED)
+    # Calibration sets only uniq_tf's activation ranges and runs in inference, so LSQ's steps
+    # keep their own initialization (weights from the kernel, activations from the first
+    # training batch); it still runs for LSQ, which keeps the data order every method sees.
     uniq_tf.calibrate_activations(model, train, steps=10, verbose=False)
     epochs = 0
     if method in FINE_TUNED:
@@ -653,7 +659,7 @@ def _parse_args(argv):
 def configuration(args) -> dict:
     if args.quick:
         config = {"models": ["tiny_cnn"], "schedules": ["short"],
-                  "methods": ["uniq", "uniq_paper", "kquantile_ste", "ptq_kquantile"],
+                  "methods": ["uniq", "uniq_paper", "kquantile_ste", "lsq", "ptq_kquantile"],
                   "seeds": [0, 1], "bits": [[2, 8]], "float_epochs": 12}
     else:
         config = {"models": list(MODELS), "schedules": list(SCHEDULES),

@@ -85,14 +85,17 @@ def _is_kernel_layer(layer) -> bool:
     return registry.kernel_attributes(layer) == {"kernel": (-1,)}
 
 
-def _wrap(model, wrap_kernel, activation_bits: int | None):
+def _wrap(model, wrap_kernel, activation_bits: int | None, wrap_activation=None):
     """Clones ``model`` (a copy), wrapping kernel layers with ``wrap_kernel`` and ReLU layers
-    in an activation quantizer, reusing every other layer."""
+    in an activation quantizer (``wrap_activation``, by default uniq_tf's at
+    ``activation_bits``), reusing every other layer."""
 
     def clone(layer):
         if _is_kernel_layer(layer):
             return wrap_kernel(layer)
         if activation_bits is not None and registry.is_activation_layer(layer):
+            if wrap_activation is not None:
+                return wrap_activation(layer)
             return QuantizeWrapper(layer, ActivationQuantizeConfig(activation_bits), name_prefix="")
         return layer
 

@@ -101,7 +101,7 @@ def separable_model():
 
 @pytest.mark.parametrize("fmt", ["h5", "tf"])
 def test_separable_conv_save_and_load_is_bit_identical(tmp_path, fmt):
-    """A quantized SeparableConv2D is split in two wrapped layers (uniq_tf.integration.layout), which the
+    """A quantized SeparableConv2D is split in two wrapped layers (integration.layout), which the
     SavedModel format saves; a wrapped SeparableConv2D failed with a ValueError there."""
     q = uniq_tf.quantize_model(separable_model(), weight_bits=2)
     uniq_tf.calibrate_activations(q, [batch(8, 1)], verbose=False)

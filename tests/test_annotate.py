@@ -52,7 +52,8 @@ def test_annotate_two_layers_apply_train_strip_and_export(digits, tmp_path):
     # float conv2 and stays float.
     assert kernel_layers(quantized) == {"conv1": 2, "fc": 4}
     assert activation_layers(quantized) == {"relu1"}
-    assert not isinstance(quantized.get_layer("conv2"), uniq_tf.integration.inspection.QuantizeWrapper)
+    wrapper_type = uniq_tf.integration.inspection.QuantizeWrapper
+    assert not isinstance(quantized.get_layer("conv2"), wrapper_type)
 
     uniq_tf.calibrate_activations(quantized, x_train[:128], verbose=False)
     quantized.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True),

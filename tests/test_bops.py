@@ -479,7 +479,8 @@ def test_unknown_shapes_say_to_build_with_a_fixed_input_shape():
     ({"weight_bits": 4, "activation_bits": 8, "layer_bits": {"c1": 4}}, "must be a pair"),
     ({"weight_bits": 4, "activation_bits": 8, "layer_bits": {"c1": (4, 99)}},
      r"layer_bits\['c1'\]\[1\] must be an integer in 2\.\.16"),
-    ({"weight_bits": 4, "activation_bits": 8, "input_bits": 0}, r"input_bits must be an integer in 1\.\.32, got 0"),
+    ({"weight_bits": 4, "activation_bits": 8, "input_bits": 0},
+     r"input_bits must be an integer in 1\.\.32, got 0"),
     ({"input_bits": 33}, r"input_bits must be an integer in 1\.\.32, got 33"),
 ])
 def test_bad_bit_specs(kwargs, match):

@@ -162,7 +162,8 @@ def test_training_updates_both_halves():
     for (name, attr), value in zip(
             (("sep_depthwise", "depthwise_kernel"), ("sep", "kernel")), before.values(),
             strict=True):
-        assert not np.array_equal(uniq_tf.integration.inspection.float_kernel(q.get_layer(name), attr).numpy(),
+        kernel = uniq_tf.integration.inspection.float_kernel(q.get_layer(name), attr)
+        assert not np.array_equal(kernel.numpy(),
                                   value), name
 
 
