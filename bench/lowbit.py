@@ -3,23 +3,29 @@
 bench/accuracy.py's digits split tests on 450 images (0.22 points each) with models that are
 near 99 % at 2 bits. This suite is built to resolve differences between methods at 2-4 bits:
 
-- **Folds as seeds.** Seed s (0..4) trains on four folds of a stratified 5-fold split of all
-  1,797 digits and tests on the fifth, so over the five seeds every digit is tested exactly
-  once. Each test image is evaluated at its 9 one-pixel shifts (the shifts training augments
-  with), about 3,240 test images per seed: a resolution of 0.03 points. Test cross-entropy is
-  reported beside accuracy.
+- **Folds and repeats as seeds.** Seed s trains on four folds of a stratified 5-fold split of
+  all 1,797 digits and tests on fold s % 5, from its own float model and data order, so every
+  five consecutive seeds test every digit exactly once. :data:`SCHEDULE_SEEDS` seeds per
+  schedule, :data:`SEED_COUNTS` at W2A8 for UNIQ, its peers and the freezing study
+  (:data:`WIDE_METHODS`), where 2-bit differences need the tighter interval. Each test image is
+  evaluated at its 9 one-pixel shifts (the shifts training augments with), about 3,240 test
+  images per seed: a resolution of 0.03 points. Test cross-entropy is reported beside
+  accuracy.
 - **Narrow models** (:data:`MODELS`, UNIQ stages :data:`MODEL_STAGES`): float accuracy at
   most 98 % on this test set, and 2-bit post-training k-quantile quantization loses more than
   10 points (measured, in the tables).
 - **Paired.** One float model per (model, seed); every method starts from it and sees the
   same data order. For each method, the paired difference to UNIQ's default over the seeds,
-  with a 95 % t interval (4 degrees of freedom).
+  with a 95 % t interval (n - 1 degrees of freedom).
 - **Schedules**, each the whole fine-tune of every fine-tuned method (same epochs, same
   optimizer, same rate schedule): ``short`` (Adam, cosine decay to 0, 2 epochs per stage, as
   bench/accuracy.py), ``reference`` (the reference code's recipe scaled down: SGD with
   momentum 0.9 and weight decay, a longer first stage, a constant rate that drops 10x only
   for the final epochs) and ``short1`` (``short`` with one-epoch stages, where the default
   has no polish, against a polish of half an epoch; three methods, :data:`SCHEDULE_METHODS`).
+- **The freezing study** (:data:`STUDY_METHODS`, default schedule, 8-bit activations): UNIQ's
+  defaults with the earlier stages trained on instead of frozen, and with two more final
+  epochs, to see what the straight-through peers gain at 3-4 bits by training every layer.
 - **Equal tuning.** Each fine-tuned method gets its learning rate from the same three-value
   sweep per schedule (W2A8, seed 0, on a validation fifth held out of seed 0's training
   folds; best validation accuracy, then cross-entropy).
@@ -28,7 +34,7 @@ near 99 % at 2 bits. This suite is built to resolve differences between methods 
 
 Run alone (one process per model, schedule and method, two at a time):
 
-    .venv/bin/python -m bench.lowbit --output_dir=outputs/bench     # full (~1 h, 2 cores)
+    .venv/bin/python -m bench.lowbit --output_dir=outputs/bench     # full (hours, 2 cores)
     .venv/bin/python -m bench.lowbit --quick --output_dir=/tmp/lb   # quick (~1 min)
 """
 
@@ -62,6 +68,8 @@ METHODS = {
     "uniq_clipped": "UNIQ, clipped noise, no polish",
     "uniq_bin": "UNIQ, bin-matched noise, no polish",
     "uniq_half": "UNIQ, clipped noise + polish of half an epoch",
+    "uniq_nofreeze": "UNIQ, project defaults, earlier stages trained on (no freezing)",
+    "uniq_final4": "UNIQ, project defaults, 4 final epochs (2 more than every other method)",
     "kquantile_ste": "k-quantile + STE (no noise)",
     "uniform_qat": "uniform QAT (TFMOT quantizers)",
     "lsq": "LSQ (learned step sizes; Esser et al. 2020)",
@@ -69,22 +77,40 @@ METHODS = {
     "ptq_kquantile": "post-training k-quantile",
     "ptq_uniform": "post-training uniform",
 }
-# UNIQ variants: (noise model, polish_epochs; None = GradualQuantization's default: the last
-# epoch of stages of 2+ epochs, the second half of a one-epoch stage).
-UNIQ_VARIANTS = {"uniq": ("clipped", None), "uniq_paper": ("paper", 0),
-                 "uniq_clipped": ("clipped", 0), "uniq_bin": ("bin_matched", 0),
-                 "uniq_half": ("clipped", 0.5)}
+# UNIQ variants: the noise model, polish_epochs (None = GradualQuantization's default: the last
+# epoch of stages of 2+ epochs, nothing in one-epoch stages), whether earlier stages freeze, and
+# final epochs beyond the schedule's (the freezing study: why straight-through peers gain at
+# 3-4 bits).
+UNIQ_VARIANTS = {
+    "uniq": {"noise": "clipped", "polish": None},
+    "uniq_paper": {"noise": "paper", "polish": 0},
+    "uniq_clipped": {"noise": "clipped", "polish": 0},
+    "uniq_bin": {"noise": "bin_matched", "polish": 0},
+    "uniq_half": {"noise": "clipped", "polish": 0.5},
+    "uniq_nofreeze": {"noise": "clipped", "polish": None, "freeze": False},
+    "uniq_final4": {"noise": "clipped", "polish": None, "extra_final": 2},
+}
 REFERENCE_METHOD = "uniq"
-FINE_TUNED = ("uniq", "uniq_paper", "uniq_clipped", "uniq_bin", "uniq_half", "kquantile_ste",
-              "uniform_qat", "lsq", "cluster_kmeans")
+FINE_TUNED = ("uniq", "uniq_paper", "uniq_clipped", "uniq_bin", "uniq_half", "uniq_nofreeze",
+              "uniq_final4", "kquantile_ste", "uniform_qat", "lsq", "cluster_kmeans")
 POST_TRAINING = ("ptq_kquantile", "ptq_uniform")
 BITS = ((2, 8), (2, 4), (3, 8), (4, 8))
 # The reference schedule is 1.5x longer; it compares schedules at the two lowest 8-bit pairs.
 SCHEDULE_BITS = {"short": BITS, "reference": ((2, 8), (3, 8)), "short1": ((2, 8), (3, 8))}
 # One-epoch stages (where the default has no polish): does half an epoch of polish pay off?
 SCHEDULE_METHODS = {"short1": ("uniq", "uniq_half", "kquantile_ste")}
-MAIN_METHODS = tuple(m for m in METHODS if m != "uniq_half")  # the other schedules' methods
-SEEDS = (0, 1, 2, 3, 4)
+# The freezing study runs on the default schedule, at the 8-bit pairs.
+STUDY_METHODS = ("uniq_nofreeze", "uniq_final4")
+STUDY_BITS = ((2, 8), (3, 8), (4, 8))
+MAIN_METHODS = tuple(m for m in METHODS if m != "uniq_half" and m not in STUDY_METHODS)
+# Seeds per schedule, and more at W2A8 for UNIQ's defaults, its peers and the freezing study,
+# so that their paired intervals resolve 2-bit differences: seed s trains on the folds of
+# s % 5 from its own float model and data order (module docstring).
+SCHEDULE_SEEDS = {"short": 10, "reference": 10, "short1": 10}
+SEED_COUNTS = {"short": {"W2A8": 40}}
+WIDE_METHODS = ("uniq", "kquantile_ste", "uniform_qat", "lsq", "cluster_kmeans",
+                *STUDY_METHODS)
+SEEDS = tuple(range(SCHEDULE_SEEDS["short"]))
 FOLDS = 5
 SHIFTS = tuple((dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1))
 
@@ -105,11 +131,13 @@ class Schedule:
     def epochs(self, stages: int) -> int:
         return self.first_stage_epochs + (stages - 1) * self.epochs_per_stage + self.final_epochs
 
-    def callback(self, polish: int | None, stages: str | int = "layer") -> GradualQuantization:
+    def callback(self, polish: int | None, stages: str | int = "layer", freeze: bool = True,
+                 extra_final: int = 0) -> GradualQuantization:
         return GradualQuantization(
             stages, epochs_per_stage=self.epochs_per_stage,
-            first_stage_epochs=self.first_stage_epochs, final_epochs=self.final_epochs,
-            polish_epochs=polish, verbose=0,
+            first_stage_epochs=self.first_stage_epochs,
+            final_epochs=self.final_epochs + extra_final, polish_epochs=polish, freeze=freeze,
+            verbose=0,
         )
 
     def optimizer_for(self, rate: float, steps_per_epoch: int, epochs: int):
@@ -275,7 +303,7 @@ def float_model(name: str, seed: int, float_dir: str, epochs: int, validation: b
 def build(method: str, model, weight_bits: int, activation_bits: int):
     if method in UNIQ_VARIANTS:
         return uniq_tf.quantize_model(model, weight_bits, activation_bits,
-                                      noise=UNIQ_VARIANTS[method][0])
+                                      noise=UNIQ_VARIANTS[method]["noise"])
     if method in ("kquantile_ste", "ptq_kquantile"):
         return uniq_tf.quantize_model(model, weight_bits, activation_bits)
     if method in ("uniform_qat", "ptq_uniform"):
@@ -306,12 +334,14 @@ def fine_tune(method: str, model_name: str, float_, seed: int, bits: tuple[int, 
     epochs = 0
     if method in FINE_TUNED:
         stages = MODEL_STAGES[model_name]
-        epochs = schedule.epochs(len(GradualQuantization(stages).plan(
+        variant = UNIQ_VARIANTS.get(method, {})
+        extra = variant.get("extra_final", 0)
+        epochs = extra + schedule.epochs(len(GradualQuantization(stages).plan(
             uniq_tf.quantize_model(float_, 4, 8))))
         steps = int(np.ceil(len(x) / 64))
         compile_model(model, schedule.optimizer_for(rate, steps, epochs))
-        callbacks = ([schedule.callback(UNIQ_VARIANTS[method][1], stages)]
-                     if method in UNIQ_VARIANTS else [])
+        callbacks = ([schedule.callback(variant["polish"], stages, variant.get("freeze", True),
+                                        extra)] if method in UNIQ_VARIANTS else [])
         model.fit(train, epochs=epochs, verbose=0, callbacks=callbacks)
     if method in UNIQ_VARIANTS or method in ("kquantile_ste", "ptq_kquantile"):
         uniq_tf.set_weight_mode(model, uniq_tf.Mode.QUANTIZED)
@@ -352,6 +382,11 @@ class Part:
     float_epochs: int = FLOAT_EPOCHS
     quick: bool = False
     floats_only: bool = False
+    seed_counts: dict = dataclasses.field(default_factory=dict)  # "W2A8" -> seeds 0..n-1
+
+    def seeds_for(self, bits: tuple[int, int]) -> tuple[int, ...]:
+        count = self.seed_counts.get(f"W{bits[0]}A{bits[1]}")
+        return self.seeds if count is None else tuple(range(count))
 
 
 def run_part(part: Part, float_dir: str, progress=print) -> dict:
@@ -369,7 +404,7 @@ def run_part(part: Part, float_dir: str, progress=print) -> dict:
                           progress) if part.method in FINE_TUNED else (None, []))
     runs = []
     for bits in part.bits:
-        for seed in part.seeds:
+        for seed in part.seeds_for(bits):
             start = time.perf_counter()
             float_, _ = float_model(part.model, seed, float_dir, part.float_epochs)
             result = fine_tune(part.method, part.model, float_, seed, bits, schedule, rate)
@@ -641,6 +676,8 @@ def write_docs(results: dict, output_dir: str, docs_dir: str) -> str:
 def _parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="one model, 2 seeds, W2A8")
+    parser.add_argument("--seeds", type=int, default=0,
+                        help="run seeds 0..N-1 everywhere (default: SCHEDULE_SEEDS, SEED_COUNTS)")
     parser.add_argument("--output_dir", default=str(ROOT / "outputs" / "bench"))
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--models", default=None)
@@ -660,16 +697,45 @@ def configuration(args) -> dict:
     if args.quick:
         config = {"models": ["tiny_cnn"], "schedules": ["short"],
                   "methods": ["uniq", "uniq_paper", "kquantile_ste", "lsq", "ptq_kquantile"],
-                  "seeds": [0, 1], "bits": [[2, 8]], "float_epochs": 12}
+                  "seeds": [0, 1], "bits": [[2, 8]], "float_epochs": 12,
+                  "schedule_seeds": {}, "seed_counts": {}}
     else:
         config = {"models": list(MODELS), "schedules": list(SCHEDULES),
                   "methods": list(METHODS), "seeds": list(SEEDS),
-                  "bits": [list(b) for b in BITS], "float_epochs": FLOAT_EPOCHS}
+                  "bits": [list(b) for b in BITS], "float_epochs": FLOAT_EPOCHS,
+                  "schedule_seeds": dict(SCHEDULE_SEEDS), "seed_counts": dict(SEED_COUNTS)}
     for key in ("models", "schedules", "methods"):
         value = getattr(args, key)
         if value:
             config[key] = value.split(",")
+    if args.seeds:
+        config.update(seeds=list(range(args.seeds)), schedule_seeds={}, seed_counts={})
     return config
+
+
+def parts_of(config: dict, quick: bool) -> list[Part]:
+    """One part per (model, schedule, method) the configuration runs."""
+    parts = []
+    for model in config["models"]:
+        for schedule in config["schedules"]:
+            count = config["schedule_seeds"].get(schedule)
+            seeds = tuple(config["seeds"]) if count is None else tuple(range(count))
+            for method in config["methods"]:
+                study = method in STUDY_METHODS and schedule == "short"
+                if method not in SCHEDULE_METHODS.get(schedule, MAIN_METHODS) and not study:
+                    continue
+                bits = tuple(b for b in map(tuple, config["bits"])
+                             if b in SCHEDULE_BITS.get(schedule, BITS)
+                             and (not study or b in STUDY_BITS))
+                counts = config["seed_counts"].get(schedule, {}) if method in WIDE_METHODS else {}
+                parts.append(Part(model, schedule, method, seeds, bits, config["float_epochs"],
+                                  quick, seed_counts=counts))
+    return parts
+
+
+def all_seeds(parts: list[Part]) -> tuple[int, ...]:
+    """Every seed some part runs (the float models to train)."""
+    return tuple(sorted({seed for p in parts for bits in p.bits for seed in p.seeds_for(bits)}))
 
 
 def _part_command(part: Part, parts_dir: str) -> list[str]:
@@ -725,13 +791,9 @@ def main(argv=None) -> dict:
     started = time.perf_counter()
     config = configuration(args)
     parts_dir = os.path.join(output_dir, "lowbit_parts")
-    parts = [Part(m, s, method, tuple(config["seeds"]),
-                  tuple(b for b in map(tuple, config["bits"]) if b in SCHEDULE_BITS.get(s, BITS)),
-                  config["float_epochs"], args.quick)
-             for m in config["models"] for s in config["schedules"]
-             for method in config["methods"] if method in SCHEDULE_METHODS.get(s, MAIN_METHODS)]
+    parts = parts_of(config, args.quick)
     # Float models first (one process per model), so that parts only load them.
-    _pool([_part_command(Part(m, "", "", tuple(config["seeds"]), (),
+    _pool([_part_command(Part(m, "", "", all_seeds(parts), (),
                               config["float_epochs"], args.quick, floats_only=True), parts_dir)
            for m in config["models"]], args.jobs)
     costly = {"narrow_resnet": 3}
@@ -758,8 +820,9 @@ def merge(config: dict, parts: list[Part], parts_dir: str,
                "float": [], "bops": {}, "epochs": {}, "test_images": {},
                "reference": reference, "noise_errors": noise_errors()}
     float_dir = Path(parts_dir, "float_models")
+    results["seeds"] = list(all_seeds(parts))
     for model in config["models"]:
-        for seed in config["seeds"]:
+        for seed in results["seeds"]:
             metrics = json.loads(Path(float_dir, f"{model}_seed{seed}.json").read_text(
                 encoding="utf-8"))
             results["float"].append({"model": model, "seed": seed, **metrics})

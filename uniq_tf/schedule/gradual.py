@@ -128,6 +128,9 @@ class GradualQuantization(keras.callbacks.Callback):
             0: the paper (see the module doc).
         final_epochs: epochs after the last stage, everything quantized and frozen, biases and
             batch norm fine-tuned.
+        freeze: keep the kernels of earlier stages frozen (the paper). False trains them on
+            with their hard codebook and a straight-through gradient, as the straight-through
+            peers train every layer (docs/benchmarks.md, section 4, measures both).
         verbose: 1 prints a line at each stage change; 0 is silent.
         log_dir: if given, the stage is also written as TensorBoard scalar ``uniq_stage`` under
             ``log_dir/uniq`` (no tensorboard package needed to write it). The ``uniq_stage``
@@ -145,6 +148,7 @@ class GradualQuantization(keras.callbacks.Callback):
         final_epochs: int = DEFAULT_FINAL_EPOCHS,
         first_stage_epochs: int | None = None,
         polish_epochs: float | None = None,
+        freeze: bool = True,
         verbose: int = 1,
         log_dir: str | os.PathLike | None = None,
     ):
@@ -165,6 +169,7 @@ class GradualQuantization(keras.callbacks.Callback):
                 f"{self.first_stage_epochs}), so that each stage has noisy epochs"
             )
         self.final_epochs = _check_count(final_epochs, "final_epochs", 0)
+        self.freeze = checks.check_bool(freeze, "freeze")
         self.verbose = int(verbose)
         self.log_dir = None if log_dir is None else os.fspath(log_dir)
         self._plan: list[list[str]] | None = None
@@ -383,7 +388,7 @@ class GradualQuantization(keras.callbacks.Callback):
             mode = Mode.QUANTIZED if i < stage else current if i == stage else Mode.FLOAT
             for attr, _, variables in weight_quantizers(wrapper):
                 variables["mode"].assign(int(mode))
-                if i < stage:
+                if i < stage and self.freeze:
                     frozen.add(float_kernel(wrapper, attr).ref())
         for wrapper in wrappers(model):
             owner = getattr(wrapper.quantize_config, "owner", None)
@@ -399,12 +404,15 @@ class GradualQuantization(keras.callbacks.Callback):
         if stage < 0:
             return "warm-up, all layers float"
         if stage >= n:
+            if not self.freeze:
+                return f"all {n} stages quantized; fine-tuning with the hard codebooks"
             return f"all {n} stages quantized and frozen; fine-tuning biases and batch norm"
         done = [name for names in plan[:stage] for name in names]
         later = [name for names in plan[stage + 1 :] for name in names]
         current = "hard (straight-through polish)" if polishing else "noisy"
         return (
-            f"stage {stage + 1}/{n}: quantized+frozen {done or '-'}, {current} {plan[stage]}, "
+            f"stage {stage + 1}/{n}: quantized{'+frozen' if self.freeze else ''} {done or '-'}, "
+            f"{current} {plan[stage]}, "
             f"float {later or '-'}"
         )
 
