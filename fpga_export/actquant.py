@@ -75,10 +75,70 @@ def from_fake_quant(min_value: float, max_value: float, bits: int) -> QuantParam
     return QuantParams(float(scale), zero_point, bits, signed=False)
 
 
-def for_input(bits: int, scale: float | None = None, signed: bool = False) -> QuantParams:
-    """The model input's quantizer, zero point 0 (which FINN requires): by default the scale
-    that maps [0, 1] (unsigned) or [-1, 1] (signed) onto the full integer range."""
-    if scale is None:
-        scale = 1.0 / (2 ** (bits - 1) - 1 if signed else 2**bits - 1)
+DEFAULT_INPUT_BITS = 8
+
+
+def _top(bits: int, signed: bool) -> int:
+    return 2 ** (bits - 1) - 1 if signed else 2**bits - 1
+
+
+def for_range(lo: float, hi: float, bits: int = DEFAULT_INPUT_BITS,
+              signed: bool | None = None) -> QuantParams:
+    """The input quantizer, zero point 0 (which FINN requires), whose range holds [lo, hi]:
+    signed when lo < 0 (unless ``signed`` says), scale = max(|lo|, |hi|) / q_max."""
+    if not (np.isfinite(lo) and np.isfinite(hi) and lo <= hi):
+        raise ValueError(f"the input range must be finite with lo <= hi, got [{lo}, {hi}]")
+    if signed is None:
+        signed = lo < 0
+    if lo < 0 and not signed:
+        raise ValueError(f"the input range [{lo:g}, {hi:g}] has negative values, so its "
+                         "quantizer must be signed (input_signed=True or None)")
+    top = max(abs(lo), abs(hi))
+    scale = (top if top > 0 else 1.0) / _top(bits, signed)
     return QuantParams(float(scale), 0, bits, signed=bool(signed))
+
+
+def input_quantizer(
+    data_range: tuple[float, float] | None = None,
+    input_range: tuple[float, float] | None = None,
+    bits: int | None = None,
+    scale: float | None = None,
+    signed: bool | None = None,
+) -> tuple[QuantParams, str]:
+    """The bundle's input quantizer and how it was found: stated (``input_range``, or
+    ``scale`` with ``bits`` and ``signed``), else from the data's range (``data_range``, the
+    min and max of representative inputs). Data must lie inside a stated range.
+
+    Raises:
+        ValueError: neither data nor a stated range (FINN needs an integer input and uniq_tf
+            does not guess its range); a range and a scale both given; data outside the
+            stated range (naming both).
+    """
+    bits = DEFAULT_INPUT_BITS if bits is None else bits
+    if input_range is not None and scale is not None:
+        raise ValueError("give the input's range either as input_range=(lo, hi) or as "
+                         "input_scale (with input_bits, input_signed), not both")
+    if input_range is not None:
+        params = for_range(*input_range, bits, signed)
+        how = f"stated: input_range=[{input_range[0]:g}, {input_range[1]:g}]"
+    elif scale is not None:
+        params = QuantParams(float(scale), 0, bits, signed=bool(signed))
+        how = f"stated: input_scale={scale:g}, input_bits={bits}, input_signed={bool(signed)}"
+    elif data_range is not None:
+        params = for_range(*data_range, bits, signed)
+        return params, f"from the data's range [{data_range[0]:g}, {data_range[1]:g}]"
+    else:
+        raise ValueError(
+            "the FPGA bundle quantizes the model input to integers, so it needs the input's "
+            "range: pass data=... (representative inputs: the range is taken from them), or "
+            "input_range=(lo, hi), or input_bits/input_scale/input_signed. (The digits of "
+            "uniq_tf.data are pixel counts 0..16 / 16: input_bits=5, input_scale=1/16.)")
+    if data_range is not None:
+        slack = params.scale / 2
+        if data_range[0] < params.min_value - slack or data_range[1] > params.max_value + slack:
+            raise ValueError(
+                f"the data lie in [{data_range[0]:g}, {data_range[1]:g}], outside the stated "
+                f"input range [{params.min_value:g}, {params.max_value:g}] ({how}); state a "
+                "range that holds the data, or pass the data alone")
+    return params, how
 

@@ -262,6 +262,41 @@ def _grid_text(desc: dict) -> str:
     return "\n".join(lines)
 
 
+def _parity_text(parity: dict) -> str:
+    agreement = "" if parity["top1_agreement"] is None else (
+        f", top-1 agreement {100 * parity['top1_agreement']:.2f} %"
+        + ("" if parity["clear_agreement"] is None else
+           f" ({100 * parity['clear_agreement']:.2f} % on the {parity['clear_rows']} rows "
+           "without a near tie)"))
+    return (f"max |diff| {parity['max_abs_diff']:.4g}, tolerance {parity['tolerance']:.4g} "
+            f"({parity['rtol']:g} of the outputs' range {parity['output_range']:.4g}), "
+            f"exceeded on {100 * parity['outliers']:.1f} % of the samples{agreement}")
+
+
+def _check_text(desc: dict) -> str:
+    """How the input quantizer was found, and what was checked, with figures and tolerances."""
+    quant, record = desc["input"]["quant"], desc.get("check") or {"status": "unchecked"}
+    lines = [
+        f"Input quantizer: {quant['bits']}-bit {'signed' if quant['signed'] else 'unsigned'}, "
+        f"scale {quant['scale']:.6g}, range [{quant['min']:.6g}, {quant['max']:.6g}] "
+        f"({desc['input'].get('how', 'stated')}).",
+    ]
+    if record["status"] == "unchecked":
+        lines.append("\n**Unchecked**: exported with check=False; model.onnx was not compared "
+                     "with the Keras model.")
+        return "\n".join(lines)
+    lines += [
+        f"\n**Checked** ({record['status']}): model.onnx run in qonnx on {record['inputs']}; "
+        f"{100 * record['input_clipped']:.2f} % of their values outside the input range (at "
+        f"most {100 * record['max_input_clipped']:g} %).",
+        f"\n- against {record['graph']['reference']} (must hold on all but "
+        f"{100 * record['max_outliers']:g} % of the samples, top-1 agreement at least "
+        f"{100 * record['min_agreement']:g} %): {_parity_text(record['graph'])};",
+        f"- against {record['keras']['reference']}: {_parity_text(record['keras'])}.",
+    ]
+    return "\n".join(lines)
+
+
 def readme(desc: dict, config: dict) -> str:
     """README.md of the bundle."""
     totals = desc["totals"]
@@ -272,6 +307,8 @@ def readme(desc: dict, config: dict) -> str:
     memory = ", ".join(f"{key.removesuffix('_bits')} {value:,}"
                        for key, value in totals["weight_memory"].items())
     return f"""# FINN bundle of `{desc['model']}` (uniq_tf {desc['tool_versions']['uniq_tf']})
+
+{_check_text(desc)}
 
 | file | content |
 |---|---|

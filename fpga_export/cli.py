@@ -1,25 +1,32 @@
-"""Export a UNIQ model saved by uniq-train as a FINN-ready bundle (QONNX + configs).
+"""Export a UNIQ model saved by uniq-train as a FINN-ready bundle (QONNX + configs), checked.
 
     uniq-export-finn --model=outputs/train/quantized_model.h5 \\
         --output_dir=outputs/fpga --overwrite
+    uniq-export-finn --model=RUN/quantized_model.h5 --dataset=cifar10 --data_dir=DATA
+    uniq-export-finn --model=m.h5 --dataset=inputs.npz       # x (and y) as the model sees them
+    uniq-export-finn --model=m.h5 --dataset=none --input_range=-1,1
 
 Loads the .h5 inside ``uniq_tf.quantize_scope()`` and writes ``<output_dir>/finn_bundle`` with
 ``fpga_export.export_finn`` (model.onnx, codebooks.npz, descriptor.json, FINN's build and
-folding configs, finn_steps.py, README.md), then ``<output_dir>/summary.json``. With
-``--dataset=digits`` the model input is quantized to 5 bits with scale 1/16, which holds the
-digits' pixel counts 0..16 exactly, and the exported graph is run with qonnx's executor on the
-test split against the quantized Keras model and against its grid-snapped copy.
+folding configs, finn_steps.py, README.md), then ``<output_dir>/summary.json``.
 
-Low-bit grids (issue 13): by default (``--weight_grid_bits=rule``) each layer's grid width B is
-the grid the model was trained on (``uniq-train --grid_bits=B``, as ``make demo`` does: the
-bundle then computes what the model computes), else the data-free rule (within 1 % of each
-codebook's level gap: B = 10 for 4-bit codebooks). ``--weight_grid_bits=auto`` picks each
-layer's B by top-1 agreement with the Keras model within ``--validation_tolerance`` on the last
-``VALIDATION_SIZE`` training images (the test split stays unseen; agreement on training images
-overstates agreement on new ones, see docs/benchmarks.md section 6); ``--grid_aware_bits=B``
-first fine-tunes the model for ``--grid_aware_epochs`` on the digits training split with its
-codebooks snapped to B bits (``uniq_tf.set_grid_bits``), so the bundle at B computes what the
-Keras model computes.
+Data (the flags and preprocessing of ``uniq_tf.cli.export_data``, as uniq-train read the data
+set): the training split gives the input quantizer's range (digits: the exact 5-bit quantizer
+of the pixel counts 0..16 / 16; ``--input_range`` states it instead), the test split the check:
+the bundle is run with qonnx's executor against the quantized Keras model, and a failed check
+leaves no bundle (``--nocheck`` writes it unchecked). With ``--dataset=none`` the check runs
+on random inputs inside ``--input_range``. The model's input shape is checked against the data
+before anything is written.
+
+Grid widths: by default (``--weight_grid_bits=rule``) each layer's B is the grid the model was
+trained on (``uniq-train --grid_bits=B``, as ``make demo`` does: the bundle then computes what
+the model computes), else the data-free rule (within 1 % of each codebook's level gap: B = 10
+for 4-bit codebooks). ``--weight_grid_bits=auto`` picks each layer's B by top-1 agreement with
+the Keras model within ``--validation_tolerance`` on the last ``VALIDATION_SIZE`` training
+inputs (the test split stays unseen; agreement on training images overstates agreement on new
+ones, see docs/benchmarks.md section 6); ``--grid_aware_bits=B`` first fine-tunes the model for
+``--grid_aware_epochs`` on the digits training split with its codebooks snapped to B bits
+(``uniq_tf.set_grid_bits``).
 
 FINN itself runs in a separate environment: see examples/finn_estimate.py.
 ``run(model_path, output_dir, ...)`` does the same in-process and returns the summary.
@@ -33,7 +40,7 @@ import os
 import numpy as np
 
 import fpga_export
-from fpga_export import check
+from uniq_tf.cli import export_data
 from uniq_tf.integration import saving
 from uniq_tf.util import atomic
 from uniq_tf.zoo import data
@@ -41,9 +48,7 @@ from uniq_tf.zoo import data
 # absl prints the docstring and every flag before an app.UsageError; a bad value gets one line.
 USAGE_HINT = " (pass --helpshort to see the flags)"
 
-DATASETS = ("digits", "none")
 BUNDLE = "finn_bundle"
-DIGITS_INPUT = {"input_bits": 5, "input_scale": 1 / 16}  # pixel counts 0..16, exactly
 VALIDATION_SIZE = 360
 
 
@@ -87,6 +92,17 @@ def _parse_shape(text: str | None) -> tuple[int, int, int] | None:
     return shape
 
 
+def _input_args(inputs: export_data.ExportData) -> dict:
+    """The input quantizer's arguments of export_finn: stated, or the data."""
+    if inputs.input_range is not None:
+        return {"input_range": inputs.input_range, "data": inputs.calibration}
+    if inputs.input_quant is not None:
+        quant = inputs.input_quant
+        return {"input_bits": quant["bits"], "input_scale": quant["scale"],
+                "input_signed": quant["signed"], "data": inputs.calibration}
+    return {"data": inputs.calibration}
+
+
 def run(
     model_path: str,
     output_dir: str,
@@ -101,39 +117,54 @@ def run(
     grid_aware_bits: int | None = None,
     grid_aware_epochs: int = 2,
     grid_aware_lr: float = 1e-4,
+    data_dir: str | None = None,
+    input_range: str | tuple | None = None,
+    samples: int = export_data.DEFAULT_SAMPLES,
+    check: bool = True,
 ) -> dict:
     """Writes the bundle of ``model_path`` under ``output_dir``; returns the summary dict.
 
-    ``weight_grid_bits``: an integer, "rule" or None (the trained grid, else the data-free
-    rule), or "auto" (digits only: measured on the last VALIDATION_SIZE training images).
-    ``grid_aware_bits``: fine-tune on that grid first (digits only).
+    ``dataset``, ``data_dir``, ``input_range``, ``samples``: the data flags
+    (:mod:`uniq_tf.cli.export_data`). ``weight_grid_bits``: an integer, "rule" or None (the
+    trained grid, else the data-free rule), or "auto" (measured on the last VALIDATION_SIZE
+    training inputs). ``grid_aware_bits``: fine-tune on that grid first (digits only).
+    ``check``: False writes the bundle unchecked.
     """
-    if dataset not in DATASETS:
-        raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
     weight_grid_bits = _parse_grid_bits(weight_grid_bits)
-    needs_data = weight_grid_bits == "auto" or grid_aware_bits is not None
-    if needs_data and dataset != "digits":
-        raise ValueError("--weight_grid_bits=auto and --grid_aware_bits need --dataset=digits "
-                         "here; call fpga_export.export_finn with your own validation_data")
+    if isinstance(input_range, str) or input_range is None:
+        input_range = export_data.parse_range(input_range)
+    if grid_aware_bits is not None and dataset != "digits":
+        raise ValueError("--grid_aware_bits fine-tunes on digits here; call "
+                         "uniq_tf.set_grid_bits and fit on your own data instead")
+    atomic.check_directory(output_dir)
     model = load_quantized(model_path)
+    inputs = export_data.load(dataset, model, model_path, data_dir, input_range, samples)
+    if weight_grid_bits == "auto" and inputs.calibration is None:
+        raise ValueError("--weight_grid_bits=auto measures agreement on training inputs; "
+                         "--dataset=none has none")
     if grid_aware_bits is not None:
         grid_aware_fine_tune(model, grid_aware_bits, grid_aware_epochs, grid_aware_lr)
     auto = {}
     if weight_grid_bits == "auto":
-        x_train = data.load_digits()[0]
-        auto = {"validation_data": x_train[-VALIDATION_SIZE:],
+        auto = {"validation_data": inputs.calibration[-VALIDATION_SIZE:],
                 "validation_tolerance": validation_tolerance}
     bundle_dir = os.path.join(output_dir, BUNDLE)
     result = fpga_export.export_finn(
         model, bundle_dir, _parse_shape(input_shape),
         None if weight_grid_bits == "rule" else weight_grid_bits, target_fps, board,
-        overwrite=overwrite, **(DIGITS_INPUT if dataset == "digits" else {}), **auto,
+        overwrite=overwrite, check=check,
+        check_data=None if inputs.calibration is None else inputs.samples,
+        **_input_args(inputs),
+        **auto,
     )
     desc = result.descriptor
     totals = desc["totals"]
     summary = {
         "model": model_path,
         "bundle": bundle_dir,
+        "data": inputs.name,
+        "input_quantizer": {**desc["input"]["quant"], "how": desc["input"]["how"]},
+        "check": desc["check"],
         "grid_bits": {row["name"]: row["weight_grid_bits"] for row in desc["layers"]},
         "grid_rules": {row["name"]: row["codebook"]["grid_rule"] for row in desc["layers"]
                        if row["codebook"]},
@@ -141,25 +172,21 @@ def run(
         "macs": totals["macs"],
         "bops_paper_index_bits": totals["bops_paper_index_bits"],
         "bops_simple_grid_bits": totals["bops_simple_grid_bits"],
-        "qonnx_total_bops": totals["qonnx_inference_cost"]["total_bops"],
+        "qonnx_total_bops": (totals["qonnx_inference_cost"] or {}).get("total_bops"),
         "finn_compatible": desc["finn_compatible"],
     }
-    if dataset == "digits":
-        _, _, x_test, y_test = data.load_digits()
-        exported = check.predict(bundle_dir, x_test)
-        x_quantized = check.quantize_input(bundle_dir, x_test)
-        keras_out = model.predict(x_quantized, verbose=0)
-        snapped_out = check.grid_snapped_model(model, bundle_dir).predict(x_quantized, verbose=0)
-        summary["parity_vs_quantized_keras"] = check.compare(keras_out, exported)
-        summary["parity_vs_grid_snapped_keras"] = check.compare(snapped_out, exported)
+    if inputs.labels is not None and desc["check"]["status"] == "passed":
+        exported = fpga_export.check.predict(bundle_dir, inputs.samples)
+        keras_out = model.predict(inputs.samples, verbose=0)
         summary["test_accuracy"] = {
-            "keras_quantized": float(np.mean(keras_out.argmax(-1) == y_test)),
-            "exported_onnx": float(np.mean(exported.argmax(-1) == y_test)),
+            "keras_quantized": float(np.mean(keras_out.argmax(-1) == inputs.labels)),
+            "exported_onnx": float(np.mean(exported.argmax(-1) == inputs.labels)),
         }
     os.makedirs(output_dir, exist_ok=True)
-    atomic.write_json(os.path.join(output_dir, "summary.json"), summary)
+    atomic.write_json(os.path.join(output_dir, "summary.json"), summary,
+                      default=atomic.json_default)
     if verbose:
-        print(json.dumps(summary, indent=2))
+        print(json.dumps(summary, indent=2, default=atomic.json_default))
         print(f"Bundle in {os.path.abspath(bundle_dir)}; FINN: see its README.md")
     return summary
 
@@ -174,10 +201,11 @@ def main(argv) -> None:
         run(f.model, f.output_dir, f.dataset, f.input_shape, f.weight_grid_bits, f.target_fps,
             f.board, f.overwrite, validation_tolerance=f.validation_tolerance,
             grid_aware_bits=f.grid_aware_bits, grid_aware_epochs=f.grid_aware_epochs,
-            grid_aware_lr=f.grid_aware_lr)
+            grid_aware_lr=f.grid_aware_lr, data_dir=f.data_dir, input_range=f.input_range,
+            samples=f.samples, check=f.check)
     except FileExistsError as error:
         raise SystemExit(f"{error} (flag --overwrite){USAGE_HINT}") from error
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, OSError) as error:
         raise SystemExit(f"{error}{USAGE_HINT}") from error
 
 
@@ -186,12 +214,11 @@ def _define_flags():
 
     flags.DEFINE_string("model", None, "Quantized model (.h5) written by uniq-train.")
     flags.DEFINE_string("output_dir", "outputs/fpga", "Where the bundle and summary.json go.")
-    flags.DEFINE_enum("dataset", "digits", list(DATASETS),
-                      "digits: exact 5-bit input quantizer and a parity check on the test split.")
+    export_data.define_flags()
     flags.DEFINE_string("input_shape", None, "height,width,channels for a dynamic-shape model.")
     flags.DEFINE_string("weight_grid_bits", None, "Integer grid width B for every layer, "
                         "'auto' (per layer, by measured agreement with the Keras model on "
-                        "training images) or 'rule' (the default: the grid the model was "
+                        "training inputs) or 'rule' (the default: the grid the model was "
                         "trained on, uniq-train --grid_bits, else the smallest within 1% of "
                         "each codebook's level gap).")
     flags.DEFINE_float("validation_tolerance", 0.005, "For 'auto': 1 - the top-1 agreement "
@@ -203,6 +230,8 @@ def _define_flags():
     flags.DEFINE_float("target_fps", None, "Frames/s the folding config aims at.")
     flags.DEFINE_string("board", None, "FINN board (default Pynq-Z1).")
     flags.DEFINE_bool("overwrite", False, "Replace an existing bundle.")
+    flags.DEFINE_bool("check", True, "Check the bundle against the Keras model before writing "
+                      "it (--nocheck writes it unchecked).")
     flags.mark_flag_as_required("model")
 
 

@@ -11,13 +11,16 @@ The bundle (a directory, written atomically):
   ``qonnx.util.inference_cost``'s count of the exported graph;
 - ``dataflow_build_config.json``, ``folding_config.json``, ``specialize_layers_config.json``:
   FINN's DataflowBuildConfig and the per-layer PE/SIMD (:mod:`fpga_export.folding`);
-- ``README.md``: how to run FINN on it (:mod:`fpga_export.bundle`).
+- ``README.md``: how to run FINN on it, and the check's figures (:mod:`fpga_export.bundle`).
+
+The input quantizer comes from the user's data or is stated (:func:`fpga_export.actquant
+.input_quantizer`), and every bundle is checked against the Keras model before it is placed
+(:func:`fpga_export.check.verify`): a failed check leaves no bundle.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import shutil
@@ -36,9 +39,9 @@ from qonnx.util.inference_cost import inference_cost
 
 import uniq_tf
 from fpga_export import actquant, autogrid, bundle, costs, folding, grid, onnx_graph
+from fpga_export.check import CHECK_SAMPLES, MAX_OUTLIERS, MIN_AGREEMENT, RTOL, verify
 from uniq_tf import ActMode
-from uniq_tf._keras import require_keras2_model
-from uniq_tf.util import atomic
+from uniq_tf.util import atomic, checks, inputs
 from uniq_tf.util.graph import layers as flatten_layers
 
 FINN_MAX_ACTIVATION_BITS = 8  # DataflowBuildConfig.max_multithreshold_bit_width's default
@@ -55,19 +58,11 @@ class FinnExport:
 
 
 def _check_int(value, low: int, high: int, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not (
-        low <= value <= high
-    ):
-        raise ValueError(f"{what} must be an integer in {low}..{high}, got {value!r}")
-    return int(value)
+    return checks.check_int(value, what, low, high)
 
 
 def _check_positive(value, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-        math.isfinite(value) and value > 0
-    ):
-        raise ValueError(f"{what} must be a positive number, got {value!r}")
-    return float(value)
+    return checks.check_number(value, what, positive=True)
 
 
 def _input_shape(model, input_shape) -> tuple[int, int, int]:
@@ -109,6 +104,7 @@ def _check_out_dir(out_dir: Path, overwrite: bool) -> Path:
         raise FileExistsError(
             f"{out_dir} exists and is not an empty directory; pass overwrite=True to replace it"
         )
+    atomic.check_directory(out_dir.parent, "the bundle's directory")
     existing = next(p for p in (out_dir.parent, *out_dir.parent.parents) if p.exists())
     if not os.access(existing, os.W_OK | os.X_OK):
         raise PermissionError(
@@ -181,9 +177,9 @@ def _fixed_grids(codebooks, grid_bits, tolerance) -> dict[str, grid.IntegerGrid]
     return out
 
 
-def _codebooks(model, given) -> dict:
+def _codebooks(quantized, given) -> dict:
     """The model's codebooks, or ``given`` after checking it matches them."""
-    own = uniq_tf.get_codebooks(model)
+    own = quantized.codebooks
     if given is None:
         return own
     if set(given) != set(own):
@@ -197,8 +193,8 @@ def _codebooks(model, given) -> dict:
     return dict(given)
 
 
-def _activations(model) -> dict[str, actquant.QuantParams]:
-    ranges = uniq_tf.get_activation_ranges(model)
+def _activations(quantized) -> dict[str, actquant.QuantParams]:
+    ranges = quantized.activation_ranges
     too_wide = {name: bits for name, (_, _, bits) in ranges.items()
                 if bits > FINN_MAX_ACTIVATION_BITS}
     if too_wide:
@@ -210,7 +206,7 @@ def _activations(model) -> dict[str, actquant.QuantParams]:
             "channel.",
             stacklevel=3,
         )
-    not_quantized = sorted(n for n, m in uniq_tf.activation_modes(model).items()
+    not_quantized = sorted(n for n, m in quantized.activation_modes().items()
                            if m != ActMode.QUANTIZED)
     if not_quantized:
         warnings.warn(
@@ -301,10 +297,15 @@ def export_finn(
     target_fps: float | None = None,
     board: str | None = None,
     *,
-    overwrite: bool = False,
-    input_bits: int = 8,
+    data=None,
+    input_range: tuple[float, float] | None = None,
+    input_bits: int | None = None,
     input_scale: float | None = None,
-    input_signed: bool = False,
+    input_signed: bool | None = None,
+    check: bool = True,
+    check_data=None,
+    check_rtol: float = RTOL,
+    overwrite: bool = False,
     grid_tolerance: float = grid.GRID_TOLERANCE,
     synth_clk_period_ns: float = DEFAULT_CLOCK_NS,
     cost_check: bool = True,
@@ -317,9 +318,8 @@ def export_finn(
 
     Args:
         model: a model made by ``uniq_tf.quantize_model`` (trained, or loaded inside
-            ``uniq_tf.quantize_scope()``). Its weight codebooks are read with
-            ``uniq_tf.get_codebooks`` and its activation ranges with
-            ``uniq_tf.get_activation_ranges``.
+            ``uniq_tf.quantize_scope()``), or its ``uniq_tf.QuantizedModel``: its codebooks,
+            activation ranges and stripped graph are read once from it.
         out_dir: the bundle directory; it must not exist or be empty unless ``overwrite``.
         input_shape: (height, width, channels), needed when the model's is dynamic.
         weight_grid_bits: the integer grid width B of every quantized layer (an int); "auto"
@@ -334,14 +334,27 @@ def export_finn(
             at that B and "auto" picks 4-6 per layer, docs/benchmarks.md section 6).
         target_fps: frames per second the folding config aims at; None for PE = SIMD = 1.
         board: a FINN board name (fpga_export.bundle.BOARDS), default "Pynq-Z1".
+        data: representative inputs in any form of ``uniq_tf.util.inputs`` (labels are
+            ignored), as the model sees them: the input quantizer's range is taken from
+            them unless stated, and the check runs on them. (``validation_data`` serves when
+            this is None.)
+        input_range: (lo, hi) of the model input: the input quantizer (zero point 0, signed
+            when lo < 0, ``input_bits`` bits) holds it. Data must lie inside it.
+        input_bits, input_scale, input_signed: the input quantizer stated directly (zero point
+            0; default 8 bits, unsigned): digits (k/16) are exact with input_bits=5,
+            input_scale=1/16. Without data, input_range or input_scale the export refuses:
+            uniq_tf does not guess an input range.
+        check: run the bundle (qonnx) against the Keras model before placing it; a failed
+            check leaves no bundle (fpga_export.check). False writes it with the check
+            recorded as "unchecked".
+        check_data: inputs to check on (default: ``data``; without data, inputs drawn
+            uniformly inside the input quantizer's range).
+        check_rtol: the check's tolerance, a fraction of the Keras outputs' range.
         overwrite: replace a non-empty ``out_dir``.
-        input_bits, input_scale, input_signed: the quantizer of the model input (zero point 0),
-            by default 8-bit unsigned with scale 1/255 (data in [0, 1]). Digits (k/16) are
-            exact with input_bits=5, input_scale=1/16.
         synth_clk_period_ns: the FINN clock period the folding is computed for.
-        cost_check: cross-check the BOPs with ``qonnx.util.inference_cost`` (descriptor
-            totals "qonnx_inference_cost"); it takes minutes on large graphs (about 20 for
-            DenseNet121 at 64x64): False skips it and writes null.
+        cost_check: cross-check the MACs and BOPs with ``qonnx.util.inference_cost``
+            (descriptor totals "qonnx_inference_cost"); it takes minutes on large graphs
+            (about 20 for DenseNet121 at 64x64): False skips it and writes null.
         validation_data: inputs x (Keras layout), or (x, y) with integer labels, held out
             from training (a validation split): the data "auto" scores the widths on. Giving
             it with weight_grid_bits=None selects "auto".
@@ -357,23 +370,22 @@ def export_finn(
 
     Returns:
         FinnExport: the bundle directory and its descriptor. The descriptor says per layer
-        which rule chose B (``codebook.grid_rule``) and, for "auto", the search's scores
-        (``weight_grid.selection``).
+        which rule chose B (``codebook.grid_rule``), for "auto" the search's scores
+        (``weight_grid.selection``), how the input quantizer was found (``input.how``) and
+        the check's figures (``check``).
 
     Raises:
         ValueError: a float model, an unsupported layer (all are named), an argument out of
-            range, a grid narrower than a layer's codebook, "auto" without validation_data
-            or validation_data with an integer width, labels missing for the metric,
-            ``codebooks`` whose keys or shapes differ from the model's.
+            range, no data and no stated input range, data outside a stated range, data that
+            do not fit the model's input, a grid narrower than a layer's codebook, "auto"
+            without validation_data or validation_data with an integer width, labels
+            missing for the metric, ``codebooks`` whose keys or shapes differ from the
+            model's.
+        fpga_export.check.CheckError: the bundle fails its check (a ValueError; no bundle).
         FileExistsError, PermissionError: ``out_dir`` cannot take the bundle.
     """
-    model = require_keras2_model(model)
-    if not uniq_tf.is_quantized_model(model):
-        raise ValueError(
-            f"model {model.name!r} has no UNIQ-quantized layer (a float model): quantize it with "
-            "uniq_tf.quantize_model and train it first, or load a saved quantized model inside "
-            "uniq_tf.quantize_scope()"
-        )
+    quantized = uniq_tf.inspect_quantized(model)
+    model = quantized.model
     if weight_grid_bits is None and validation_data is not None:
         weight_grid_bits = AUTO
     if weight_grid_bits == AUTO:
@@ -396,18 +408,30 @@ def export_finn(
     board = DEFAULT_BOARD if board is None else board
     if board not in bundle.BOARDS:
         raise ValueError(f"board must be one of {sorted(bundle.BOARDS)}, got {board!r}")
-    input_bits = _check_int(input_bits, 2, 16, "input_bits")
-    grid_tolerance = _check_positive(grid_tolerance, "grid_tolerance")
-    synth_clk_period_ns = _check_positive(synth_clk_period_ns, "synth_clk_period_ns")
+    if input_bits is not None:
+        input_bits = _check_int(input_bits, 2, 16, "input_bits")
     if input_scale is not None:
         input_scale = _check_positive(input_scale, "input_scale")
-    input_quant = actquant.for_input(input_bits, input_scale, input_signed)
+    if input_range is not None:
+        input_range = tuple(_check_number(v, "input_range") for v in input_range)
+    grid_tolerance = _check_positive(grid_tolerance, "grid_tolerance")
+    synth_clk_period_ns = _check_positive(synth_clk_period_ns, "synth_clk_period_ns")
+    check_rtol = _check_positive(check_rtol, "check_rtol")
     out_dir = _check_out_dir(Path(out_dir), overwrite)
     shape = _input_shape(model, input_shape)
+    representative = data if data is not None else validation_data
+    x_data = None if representative is None else inputs.samples(
+        representative, model, MAX_RANGE_SAMPLES, "data")
+    input_quant, input_how = actquant.input_quantizer(
+        None if x_data is None else (float(x_data.min()), float(x_data.max())), input_range,
+        input_bits, input_scale, input_signed)
+    x_check, check_source = _check_inputs(model, shape, check_data, x_data,
+                                          input_range or (input_quant.min_value,
+                                                          input_quant.max_value))
 
-    stripped = uniq_tf.strip_quantization(model)
+    stripped = quantized.stripped
     _check_supported(stripped)
-    codebooks = _codebooks(model, codebooks)
+    codebooks = _codebooks(quantized, codebooks)
     selection = None
     if weight_grid_bits is None or weight_grid_bits == AUTO:
         grids, rules = _fallback_grids(codebooks, grid_tolerance)
@@ -419,7 +443,7 @@ def export_finn(
             model, codebooks, grids, input_quant, validation_data, validation_tolerance,
             validation_metric)
         rules = dict.fromkeys(codebooks, "validation")
-    activations = _activations(model)
+    activations = _activations(quantized)
     graph = onnx_graph.build_graph(stripped, shape, input_quant, codebooks, grids, activations)
     notes = bundle.finn_notes(graph)
     if notes:
@@ -439,6 +463,7 @@ def export_finn(
         grid_rules={key: (rule, RULES[rule]) for key, rule in rules.items()},
         grid_selection=selection,
     )
+    descriptor["input"]["how"] = input_how
     act_bits = max([p.bits for p in activations.values()], default=0)
     build_config = bundle.build_config(
         board, synth_clk_period_ns, target_fps,
@@ -449,8 +474,12 @@ def export_finn(
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
     try:
         tmp.chmod(0o755)  # mkdtemp makes it private; the bundle is an ordinary directory
-        wrapper.save(str(tmp / "model.onnx"))
-        _write_npz(tmp / "codebooks.npz", graph)
+        _write_model(tmp, wrapper, graph)
+        descriptor["check"] = (
+            verify(tmp, quantized, x_check, check_source, input_quant, codebooks, check_rtol)
+            if check
+            else {"status": "unchecked"})
+        _warn_on_parity(descriptor["check"])
         files = {
             "descriptor.json": descriptor,
             "dataflow_build_config.json": build_config,
@@ -468,3 +497,51 @@ def export_finn(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return FinnExport(out_dir, descriptor)
+
+
+MAX_RANGE_SAMPLES = 4096  # the input range is taken from at most this many samples
+
+
+def _warn_on_parity(record: dict) -> None:
+    """Warns when the bundle, correct as it is, departs from the quantized Keras model (the
+    grid's snapping or the input quantizer): the check records it; the user should know."""
+    keras_parity = record.get("keras")
+    if keras_parity is None:
+        return
+    agreement = keras_parity["clear_agreement"]
+    if keras_parity["outliers"] > MAX_OUTLIERS or (
+            agreement is not None and agreement < MIN_AGREEMENT):
+        warnings.warn(
+            f"the bundle computes the Keras model with its grid weights and input quantizer, "
+            f"but differs from the quantized Keras model by up to "
+            f"{keras_parity['max_abs_diff']:.4g} (tolerance {keras_parity['tolerance']:.4g}"
+            + ("" if agreement is None else f", top-1 agreement {100 * agreement:.2f}%")
+            + "): the grid is narrower than the codebooks need, or the input quantizer is "
+            "coarse. Train on the grid (uniq_tf.set_grid_bits) or export a wider one.",
+            stacklevel=3)
+
+
+def _check_number(value, what: str) -> float:
+    return checks.check_number(value, what)
+
+
+def _write_model(tmp: Path, wrapper: ModelWrapper, graph: onnx_graph.GraphResult) -> None:
+    """model.onnx and codebooks.npz into the bundle being written."""
+    wrapper.save(str(tmp / "model.onnx"))
+    _write_npz(tmp / "codebooks.npz", graph)
+
+
+def _check_inputs(model, shape, check_data, x_data, bounds) -> tuple[np.ndarray, str]:
+    """The inputs of shape ``shape`` the check runs on (without data: uniform inside
+    ``bounds``, the stated range or the input quantizer's), and where they come from (in
+    words)."""
+    if check_data is not None:
+        x = inputs.samples(check_data, model, CHECK_SAMPLES, "check_data")
+        return x, f"{len(x)} samples of check_data"
+    if x_data is not None:
+        x = x_data[:CHECK_SAMPLES]
+        return x, f"{len(x)} samples of the data"
+    lo, hi = bounds
+    x = np.random.default_rng(0).uniform(lo, hi, (CHECK_SAMPLES, *shape))
+    return x.astype(np.float32), (f"{CHECK_SAMPLES} random inputs, uniform in the "
+                                  f"input range [{lo:g}, {hi:g}]")

@@ -394,7 +394,7 @@ def test_quant_params_equal_tensorflow_fake_quant(low, high, bits, seed):
 def test_float_model_is_refused(tmp_path):
     model = structure_net()
     with pytest.raises(ValueError, match="no UNIQ-quantized layer"):
-        fpga_export.export_finn(model, tmp_path / "b")
+        fpga_export.export_finn(model, tmp_path / "b", input_range=(0, 1))
     assert not (tmp_path / "b").exists()
 
 
@@ -405,11 +405,13 @@ def test_dynamic_input_needs_input_shape(tmp_path):
     model = keras.Model(inp, L.Conv2D(2, 1)(h))
     quantized = uniq_tf.quantize_model(model, 4, 8)
     with pytest.raises(ValueError, match="dynamic input shape"):
-        fpga_export.export_finn(quantized, tmp_path / "a")
+        fpga_export.export_finn(quantized, tmp_path / "a", input_range=(0, 1))
     with pytest.raises(ValueError, match="contradicts"):
-        fpga_export.export_finn(quantized, tmp_path / "a", input_shape=(8, 8, 3))
+        fpga_export.export_finn(quantized, tmp_path / "a", input_shape=(8, 8, 3),
+            input_range=(0, 1))
     with pytest.warns(UserWarning, match="FINN will not map") as caught:
-        result = fpga_export.export_finn(quantized, tmp_path / "a", input_shape=(7, 9, 1))
+        result = fpga_export.export_finn(quantized, tmp_path / "a", input_shape=(7, 9, 1),
+            input_range=(0, 1))
     message = str(caught[0].message)
     # Uncalibrated, a ReLU's range starts at [0, 6] (not TFMOT's [-6, 6]): zero point 0.
     assert "nonzero zero point" not in message
@@ -433,7 +435,7 @@ def test_unsupported_layers_are_listed_at_once(tmp_path):
     with pytest.warns(UserWarning, match=r"in float .*up \(Conv2DTranspose\)"):
         model = uniq_tf.quantize_model(keras.Model(inp, L.Dense(3)(h)), 4, 8)
     with pytest.raises(ValueError) as error:
-        fpga_export.export_finn(model, tmp_path / "b")
+        fpga_export.export_finn(model, tmp_path / "b", input_range=(0, 1))
     for name in ("up (Conv2DTranspose)", "leaky (LeakyReLU)", "tanh_conv (Conv2D with"):
         assert name in str(error.value)
     assert "3 layers" in str(error.value)
@@ -445,7 +447,7 @@ def test_wide_activations_warn(tmp_path):
     model = uniq_tf.quantize_model(keras.Model(inp, L.Flatten()(h)), 4, 12)
     uniq_tf.calibrate_activations(model, [np.ones((2, 4, 4, 1), np.float32)], verbose=False)
     with pytest.warns(UserWarning, match="wider than 8 bits"):
-        fpga_export.export_finn(model, tmp_path / "b")
+        fpga_export.export_finn(model, tmp_path / "b", input_range=(0, 1))
     config = json.loads((tmp_path / "b" / "dataflow_build_config.json").read_text())
     assert config["max_multithreshold_bit_width"] == 12
     assert set(config) <= FINN_BUILD_FIELDS
@@ -461,7 +463,7 @@ def test_bad_arguments_are_rejected(trained, tmp_path):
         ({"input_shape": (8, 8)}, "input_shape"),
     ):
         with pytest.raises(ValueError, match=match):
-            fpga_export.export_finn(model, tmp_path / "b", **kwargs)
+            fpga_export.export_finn(model, tmp_path / "b", **kwargs, input_range=(0, 1))
     assert os.listdir(tmp_path) == []
 
 
@@ -471,10 +473,11 @@ def test_existing_directory_is_refused_unless_overwrite(trained, tmp_path):
     target.mkdir()
     (target / "notes.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="overwrite=True"):
-        fpga_export.export_finn(model, target)
+        fpga_export.export_finn(model, target, input_range=(0, 1))
     assert (target / "notes.txt").read_text() == "mine"
     with pytest.warns(UserWarning, match="8-bit grid represents its codebook within"):
-        fpga_export.export_finn(model, target, overwrite=True, weight_grid_bits=8)
+        fpga_export.export_finn(model, target, overwrite=True, weight_grid_bits=8,
+            input_range=(0, 1))
     assert not (target / "notes.txt").exists()
     descriptor = json.loads((target / "descriptor.json").read_text())
     assert {row["weight_grid_bits"] for row in descriptor["layers"]} == {8}
@@ -484,7 +487,7 @@ def test_existing_directory_is_refused_unless_overwrite(trained, tmp_path):
 def test_failed_export_leaves_old_bundle_and_no_partial_files(trained, tmp_path, monkeypatch):
     model = trained["cnn"][0]
     target = tmp_path / "bundle"
-    fpga_export.export_finn(model, target)
+    fpga_export.export_finn(model, target, input_range=(0, 1))
     before = {p.name: p.read_bytes() for p in target.iterdir()}
 
     def broken(*args, **kwargs):
@@ -492,9 +495,10 @@ def test_failed_export_leaves_old_bundle_and_no_partial_files(trained, tmp_path,
 
     monkeypatch.setattr(bundle, "readme", broken)
     with pytest.raises(RuntimeError, match="disk full"):
-        fpga_export.export_finn(model, target, overwrite=True, weight_grid_bits=12)
+        fpga_export.export_finn(model, target, overwrite=True, weight_grid_bits=12,
+            input_range=(0, 1))
     with pytest.raises(RuntimeError, match="disk full"):
-        fpga_export.export_finn(model, tmp_path / "fresh")
+        fpga_export.export_finn(model, tmp_path / "fresh", input_range=(0, 1))
     assert {p.name: p.read_bytes() for p in target.iterdir()} == before
     assert sorted(os.listdir(tmp_path)) == ["bundle"]
 
@@ -507,7 +511,7 @@ def test_zero_padding_is_folded_into_the_conv(tmp_path):
     h = L.ZeroPadding2D(1, name="pad")(L.ReLU(name="relu")(L.Conv2D(4, 3, name="conv")(inp)))
     model = uniq_tf.quantize_model(keras.Model(inp, L.Conv2D(2, 3, strides=2, name="c2")(h)), 4,
                                    8)
-    result = fpga_export.export_finn(model, tmp_path / "b", cost_check=False)
+    result = fpga_export.export_finn(model, tmp_path / "b", cost_check=False, input_range=(0, 1))
     graph = ModelWrapper(str(tmp_path / "b" / "model.onnx")).graph
     assert "Pad" not in {n.op_type for n in graph.node}
     (conv,) = [n for n in graph.node if n.op_type == "Conv" and n.name.startswith("c2")]
@@ -520,7 +524,8 @@ def test_zero_padding_is_folded_into_the_conv(tmp_path):
     pooled = L.MaxPooling2D(2, name="pool")(h)
     model = uniq_tf.quantize_model(keras.Model(inp, [pooled]), 4, 8)
     with pytest.warns(UserWarning, match="'pad': FINN 1.6.1's InferFMPadding"):
-        result = fpga_export.export_finn(model, tmp_path / "p", cost_check=False)
+        result = fpga_export.export_finn(model, tmp_path / "p", cost_check=False,
+            input_range=(0, 1))
     assert not result.descriptor["finn_compatible"]
 
 
@@ -625,7 +630,8 @@ def test_unpadded_conv_on_a_shared_input_is_numbered_first(tmp_path, global_rng_
     main = L.Conv2D(16, 3, padding="same", name="main")(h)
     side = L.Conv2D(16, 1, name="side")(h)
     model = uniq_tf.quantize_model(keras.Model(inp, L.Add(name="add")([main, side])), 4, 8)
-    result = fpga_export.export_finn(model, tmp_path / "b", target_fps=1000, cost_check=False)
+    result = fpga_export.export_finn(model, tmp_path / "b", target_fps=1000, cost_check=False,
+        input_range=(0, 1))
     nodes = {row["name"]: row["finn"]["node"] for row in result.descriptor["layers"]}
     assert nodes == {"stem": "MVAU_hls_0", "side": "MVAU_hls_1", "main": "MVAU_hls_2"}
     x = np.random.default_rng(0).integers(0, 256, (4, 8, 8, 1)).astype(np.float32) / 255

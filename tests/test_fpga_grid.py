@@ -324,7 +324,7 @@ def test_trained_on_the_grid_the_default_export_keeps_b_plus_1_with_parity(tmp_p
     assert set(exported["grid_rules"].values()) == {"trained"}
     accuracy = exported["test_accuracy"]
     assert accuracy["exported_onnx"] == accuracy["keras_quantized"]
-    assert exported["parity_vs_quantized_keras"]["max_abs_diff"] < 1e-3
+    assert exported["check"]["keras"]["max_abs_diff"] < 1e-3
     with pytest.raises(ValueError, match=r"grid_bits must be 0 \(no grid\) or in 4..16"):
         train.validate_config(train.TrainConfig(grid_bits=3))
     with pytest.raises(ValueError, match=r"in 8..16"):

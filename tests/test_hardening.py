@@ -206,7 +206,7 @@ def test_non_finite_weights_are_named_by_the_finn_export(tmp_path):
     variable = float_kernel(quantized.get_layer("conv"))
     variable.assign(tf.fill(variable.shape, np.nan))
     with pytest.raises(ValueError, match=r"non-finite weights .* 'conv' \(conv/kernel"):
-        fpga_export.export_finn(quantized, tmp_path / "bundle")
+        fpga_export.export_finn(quantized, tmp_path / "bundle", input_range=(0, 1))
     assert os.listdir(tmp_path) == []
 
 
@@ -281,12 +281,12 @@ def test_finn_export_refuses_a_file_and_an_unwritable_directory_before_working(
     a_file = tmp_path / "bundle"
     a_file.write_text("not a bundle")
     with pytest.raises(FileExistsError, match="is a file, not a bundle directory"):
-        fpga_export.export_finn(quantized, a_file, overwrite=True)
+        fpga_export.export_finn(quantized, a_file, overwrite=True, input_range=(0, 1))
     assert a_file.read_text() == "not a bundle"
     monkeypatch.setattr(finn_export.os, "access", lambda path, mode: False)
     monkeypatch.setattr(finn_export.uniq_tf, "strip_quantization", None)  # no work before
     with pytest.raises(PermissionError, match=r"directory .* is not writable"):
-        fpga_export.export_finn(quantized, tmp_path / "new" / "bundle")
+        fpga_export.export_finn(quantized, tmp_path / "new" / "bundle", input_range=(0, 1))
 
 
 # ---------------------------------------------------------------- 6. a shared layer
@@ -361,7 +361,8 @@ def test_finn_cost_cross_check_can_be_skipped(tmp_path, monkeypatch):
         raise AssertionError("inference_cost ran")
 
     monkeypatch.setattr(finn_export, "inference_cost", never)
-    result = fpga_export.export_finn(quantized, tmp_path / "bundle", cost_check=False)
+    result = fpga_export.export_finn(quantized, tmp_path / "bundle", cost_check=False,
+        input_range=(0, 1))
     assert result.descriptor["totals"]["qonnx_inference_cost"] is None
     assert "qonnx inference_cost: not run" in (tmp_path / "bundle" / "README.md").read_text()
 

@@ -175,7 +175,7 @@ def test_finn_export_of_the_split_layers(tmp_path):
     q = uniq_tf.quantize_model(model, 3)
     uniq_tf.calibrate_activations(q, [np.random.default_rng(0).uniform(0, 1, (8, 8, 8, 2))
                                       .astype("float32")], verbose=False)
-    result = fpga_export.export_finn(q, tmp_path / "finn")
+    result = fpga_export.export_finn(q, tmp_path / "finn", input_range=(0, 1))
     layers = {row["name"]: row for row in result.descriptor["layers"]}
     assert list(layers) == ["sep_depthwise", "sep", "fc"]
     assert layers["sep_depthwise"]["groups"] == 2 and layers["sep"]["kernel_size"] == [1, 1]

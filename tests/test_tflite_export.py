@@ -429,6 +429,10 @@ def test_example_exports_a_saved_model(trained, digits, tmp_path):
     assert accuracy["keras_quantized"] == pytest.approx(keras_accuracy)
     assert accuracy["tflite_float"] == pytest.approx(accuracy["keras_stripped"])
     assert abs(accuracy["tflite_int8"] - accuracy["keras_quantized"]) <= 0.005
-    assert summary["packed_index_ratio"] == pytest.approx(BITS / 32, rel=0.05)
+    # the file on disk, everything in it, against every weight at b bits
+    assert summary["packed_file_bytes"] == os.path.getsize(tmp_path / "out" / "model.uniq")
+    assert summary["packed_file_ratio"] == pytest.approx(
+        summary["packed_file_bytes"]
+        / (BITS / 32 * 4 * uniq_tf.strip_quantization(trained["model"]).count_params()))
     with pytest.raises(FileNotFoundError, match="run uniq-train first"):
         example.run(str(tmp_path / "missing.h5"), str(tmp_path / "out"))

@@ -1,9 +1,9 @@
 """``export_tflite``: strip, convert, write to a temporary file, verify in LiteRT, replace.
 
 Verification, on the samples given (or the first representative samples, or uniform random
-inputs in [0, 1]), against a reference (the stripped Keras model, codebook weights and float
-activations, for float and dynamic; the quantized Keras model, with its fake-quantized
-activations, for int8):
+inputs inside ``input_range``, default [0, 1]; the report says which), against a reference
+(the stripped Keras model, codebook weights and float activations, for float and dynamic; the
+quantized Keras model, with its fake-quantized activations, for int8):
 
 - every output of the reference and of the file is finite;
 - the max |diff| is within a tolerance: float ``atol * max(1, max |reference|)``; dynamic
@@ -21,6 +21,8 @@ activations, for int8):
   is consistent with its codebook indices (:mod:`tflite_export.kernels`).
 
 A failure raises and leaves any existing file at ``path`` untouched (no new file either).
+``check=False`` writes the file without running it; the report then says "unchecked". The model
+is read once (``uniq_tf.inspect_quantized``): its codebooks, ranges and stripped graph.
 """
 
 from __future__ import annotations
@@ -38,17 +40,9 @@ from tflite_export.convert import MODES, RANGE_SOURCES, convert
 from tflite_export.errors import VerificationError
 from tflite_export.ranges import RangeUse, ranges_in_file
 from tflite_export.samples import as_samples, random_samples
-from uniq_tf import (
-    ActMode,
-    Mode,
-    activation_modes,
-    get_activation_ranges,
-    get_codebooks,
-    is_quantized_model,
-    strip_quantization,
-    weight_modes,
-)
+from uniq_tf import ActMode, Mode, QuantizedModel, is_quantized_model
 from uniq_tf._keras import require_keras2_model
+from uniq_tf.util import checks
 from uniq_tf.util.graph import check_finite_weights
 
 CALIBRATION_SAMPLES = 500
@@ -76,9 +70,9 @@ class ExportReport:
     runtime: str
     reference: str
     samples_checked: int
-    max_abs_diff: float
-    tolerance: float
-    outliers: float  # fraction of samples whose max |diff| exceeds the tolerance
+    max_abs_diff: float | None  # None: unchecked (check=False)
+    tolerance: float | None
+    outliers: float | None  # fraction of samples whose max |diff| exceeds the tolerance
     output_step: float | None  # int8: the output's step (runtime.io_quantization)
     top1_agreement: float | None
     clear_rows: int | None = None  # classifier rows whose reference top-2 gap > tolerance
@@ -87,6 +81,12 @@ class ExportReport:
     input_clipped: float | None = None  # int8: fraction of sample values outside its range
     kernels: dict[str, kernels.KernelCheck] = field(default_factory=dict)
     activation_ranges: list[RangeUse] = field(default_factory=list)
+    samples_source: str = ""  # where the samples come from, in words
+
+    @property
+    def checked(self) -> bool:
+        """False for a file written with check=False."""
+        return self.max_abs_diff is not None
 
     def _agreement_text(self) -> str:
         if self.top1_agreement is None:
@@ -97,10 +97,14 @@ class ExportReport:
                 f"{self.clear_rows} rows without a near tie)")
 
     def summary(self) -> str:
+        head = (f"{self.path} [{self.mode}, {self.input_dtype} in / {self.output_dtype} out]: "
+                f"{self.size_bytes:,} bytes ({self.gzip_bytes:,} gzipped)")
+        if not self.checked:
+            return head + "\n  unchecked (check=False): the file was not run"
         lines = [
-            f"{self.path} [{self.mode}, {self.input_dtype} in / {self.output_dtype} out]: "
-            f"{self.size_bytes:,} bytes ({self.gzip_bytes:,} gzipped)",
-            f"  checked in {self.runtime} on {self.samples_checked} samples against the "
+            head,
+            f"  checked in {self.runtime} on {self.samples_checked} samples "
+            f"({self.samples_source}) against the "
             f"{self.reference}: max |diff| {self.max_abs_diff:.3g} (tolerance "
             f"{self.tolerance:.3g}, exceeded on {100 * self.outliers:.1f}% of the samples), "
             f"top-1 agreement {self._agreement_text()}",
@@ -152,12 +156,19 @@ def _check_args(mode, ranges, calibration_samples, atol, max_steps, min_agreemen
 
 
 def _check_model(model):
-    model = require_keras2_model(model)
-    check_finite_weights(model)
-    if len(model.inputs) != 1 or len(model.outputs) != 1:
+    """``model`` read once: a QuantizedModel (checked when it was read) for a quantized model,
+    the Keras model itself for a float one."""
+    if not isinstance(model, QuantizedModel):
+        model = require_keras2_model(model)
+        model = QuantizedModel(model) if is_quantized_model(model) else model
+        if not isinstance(model, QuantizedModel):
+            check_finite_weights(model)
+    keras_model = model.model if isinstance(model, QuantizedModel) else model
+    if len(keras_model.inputs) != 1 or len(keras_model.outputs) != 1:
         raise ValueError(
-            f"export_tflite handles single-input, single-output models; model {model.name!r} "
-            f"has {len(model.inputs)} inputs and {len(model.outputs)} outputs."
+            f"export_tflite handles single-input, single-output models; model "
+            f"{keras_model.name!r} has {len(keras_model.inputs)} inputs and "
+            f"{len(keras_model.outputs)} outputs."
         )
     return model
 
@@ -280,19 +291,27 @@ def _check_not_constant(calibration: np.ndarray) -> None:
         )
 
 
-def _verification_samples(model, samples, calibration) -> np.ndarray:
+def _verification_samples(model, samples, calibration, input_range) -> tuple[np.ndarray, str]:
+    """The samples the file is checked on, and where they come from (in words)."""
     if samples is not None:
-        return as_samples(samples, model, what="samples")
+        checked = as_samples(samples, model, what="samples")
+        return checked, f"{len(checked)} samples given"
     if calibration is not None:
-        return calibration[:VERIFY_SAMPLES]
-    return random_samples(model)
+        checked = calibration[:VERIFY_SAMPLES]
+        return checked, f"the first {len(checked)} representative samples"
+    checked = random_samples(model, input_range=input_range)
+    lo, hi = (0.0, 1.0) if input_range is None else input_range
+    how = "input_range" if input_range is not None else "no data or input_range given"
+    return checked, f"{len(checked)} random inputs, uniform in [{lo:g}, {hi:g}] ({how})"
 
 
-def _warn_unfinished(model) -> None:
+def _warn_unfinished(quantized: QuantizedModel) -> None:
     """Warns about quantizers still switched off: the export quantizes every kernel anyway,
     but the int8 check compares against the Keras model as it runs."""
-    float_weights = [n for n, m in weight_modes(model).items() if m == Mode.FLOAT]
-    float_acts = [n for n, m in activation_modes(model).items() if m != ActMode.QUANTIZED]
+    model = quantized.model
+    float_weights = [n for n, m in quantized.weight_modes().items() if m == Mode.FLOAT]
+    float_acts = [n for n, m in quantized.activation_modes().items()
+                  if m != ActMode.QUANTIZED]
     if float_weights or float_acts:
         warnings.warn(
             f"Model {model.name!r} has quantizers that are not on (weights in FLOAT mode: "
@@ -334,7 +353,7 @@ def _warn_uncalibrated(learned: dict[str, tuple[float, float, int]]) -> None:
 
 def _plan(model, mode: str, ranges: str):
     """(model to convert, codebooks, learned ranges, reference model, reference name)."""
-    if not is_quantized_model(model):
+    if not isinstance(model, QuantizedModel):
         warnings.warn(
             f"Model {model.name!r} was never quantized (no UNIQ layer): exporting the float "
             f"model as it is (mode {mode!r}), without codebook checks. Call "
@@ -342,9 +361,10 @@ def _plan(model, mode: str, ranges: str):
             stacklevel=3,
         )
         return model, {}, {}, model, "Keras model"
-    _warn_unfinished(model)
-    plain = strip_quantization(model)
-    codebooks, learned = get_codebooks(model), get_activation_ranges(model)
+    quantized, model = model, model.model
+    _warn_unfinished(quantized)
+    plain = quantized.stripped
+    codebooks, learned = quantized.codebooks, quantized.activation_ranges
     if mode == "int8" and ranges == "learned":
         _warn_uncalibrated(learned)
     if mode == "int8":
@@ -359,6 +379,8 @@ def export_tflite(
     representative_data=None,
     *,
     samples=None,
+    input_range: tuple[float, float] | None = None,
+    check: bool = True,
     int8_io: bool = True,
     ranges: str = "learned",
     calibration_samples: int = CALIBRATION_SAMPLES,
@@ -373,8 +395,9 @@ def export_tflite(
     for the modes).
 
     Args:
-        model: a quantized model from ``uniq_tf.quantize_model`` (a plain float model is
-            exported as it is, with a warning).
+        model: a quantized model from ``uniq_tf.quantize_model``, or its
+            ``uniq_tf.QuantizedModel`` (a plain float model is exported as it is, with a
+            warning).
         path: the output file; written atomically, an existing file is replaced only by a
             file that passed verification.
         mode: "float", "dynamic" or "int8" (full integer).
@@ -383,7 +406,12 @@ def export_tflite(
             iterable of batches or a converter-style generator function). Up to
             ``calibration_samples`` are used.
         samples: inputs to verify on, in the same forms (default: the first 256
-            representative samples, else 32 uniform random inputs in [0, 1]).
+            representative samples, else 32 uniform random inputs in ``input_range``).
+        input_range: (lo, hi) of the model's inputs, for the random inputs verified on when
+            there are no samples nor representative data (default [0, 1]; the report says
+            where its samples came from).
+        check: run the file in LiteRT against the Keras model before it replaces ``path``;
+            False writes it unchecked (the report says so).
         int8_io: "int8" mode only: int8 model input and output (else float32, with quantize
             and dequantize ops inside the file).
         ranges: "int8" mode only: "learned" writes the activation quantizers' learned ranges
@@ -406,8 +434,12 @@ def export_tflite(
         VerificationError: the converted file differs from the Keras model beyond the
             tolerance, or holds non-finite outputs; an older file at ``path`` is untouched.
     """
-    model = _check_model(model)
+    source = _check_model(model)
+    model = source.model if isinstance(source, QuantizedModel) else source
     _check_args(mode, ranges, calibration_samples, atol, max_steps, min_agreement)
+    checks.check_bool(check, "check")
+    if input_range is not None:
+        input_range = tuple(checks.check_number(v, "input_range") for v in input_range)
     if mode == "int8" and representative_data is None:
         raise ValueError(
             "mode='int8' needs representative_data: the converter calibrates the ranges of the "
@@ -421,8 +453,8 @@ def export_tflite(
     )
     if calibration is not None and mode == "int8":
         _check_not_constant(calibration)
-    checked = _verification_samples(model, samples, calibration)
-    plain, codebooks, learned, reference_model, reference = _plan(model, mode, ranges)
+    checked, source_text = _verification_samples(model, samples, calibration, input_range)
+    plain, codebooks, learned, reference_model, reference = _plan(source, mode, ranges)
     content, range_uses = convert(
         plain, mode, calibration, int8_io, learned if ranges == "learned" else None
     )
@@ -430,6 +462,8 @@ def export_tflite(
         range_uses = ranges_in_file(content, learned)
 
     hint = _uncalibrated_hint(mode, learned)
+    if not check:
+        return _unchecked(path, mode, content, reference, int8_io)
     expected = reference_model.predict(checked, verbose=0, batch_size=VERIFY_SAMPLES)
     _check_finite_outputs(expected, f"The {reference}", path, hint)
     with atomic_output(path) as temp:
@@ -462,9 +496,23 @@ def export_tflite(
             input_clipped=input_clipped,
             kernels=kernels.check_kernels(temp, codebooks),
             activation_ranges=range_uses,
+            samples_source=source_text,
         )
         _verify(report, min_agreement, hint)
     return report
+
+
+def _unchecked(path, mode: str, content: bytes, reference: str, int8_io: bool) -> ExportReport:
+    """Writes ``content`` to ``path`` without running it (check=False)."""
+    with atomic_output(path) as temp:
+        write_bytes(temp, content)
+        input_dtype, output_dtype = runtime.io_types(temp)
+    return ExportReport(
+        path=os.fspath(path), mode=mode, size_bytes=len(content),
+        gzip_bytes=len(gzip.compress(content, compresslevel=9)), input_dtype=input_dtype,
+        output_dtype=output_dtype, runtime=runtime.RUNTIME, reference=reference,
+        samples_checked=0, max_abs_diff=None, tolerance=None, outliers=None, output_step=None,
+        top1_agreement=None, samples_source="unchecked (check=False)")
 
 
 def _run(path, samples: np.ndarray, mode: str, final_path, hint: str) -> np.ndarray:

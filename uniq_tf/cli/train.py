@@ -84,6 +84,9 @@ def _define_flags():
     flags.DEFINE_string("data_dir", d.data_dir, "tensorflow-datasets data_dir with the prepared "
                         "data (nothing is downloaded).")
     flags.DEFINE_integer("image_size", d.image_size, "Square input size (default per data set).")
+    flags.DEFINE_string("normalization", d.normalization, f"One of {list(data.NORMALIZATIONS)} "
+                        "for RGB data sets (unit: [0, 1], tf: [-1, 1], imagenet: (x - mean) / "
+                        "std, caffe); empty: the model's own.")
     flags.DEFINE_bool("augment", d.augment, "Random crops/flips while training.")
     flags.DEFINE_integer("weight_bits", d.weight_bits, "Codebook index width b (2^b levels).")
     flags.DEFINE_integer("activation_bits", d.activation_bits, "Activation bits.")

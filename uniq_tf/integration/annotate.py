@@ -31,6 +31,11 @@ from uniq_tf.method.settings import check_activation_bits, check_weight_bits
 from uniq_tf.util import graph
 
 QuantizeAnnotate = internals.quantize_annotate_type()
+# TFMOT's own quantize_apply clones the annotated model before it asks a scheme anything; a
+# model nested inside it keeps its annotation wrappers, which tf_keras can rebuild only when it
+# knows their class. Registered, the clone succeeds and UniqScheme's layout step gives TFMOT's
+# own answer to a nested model (integration/scheme.py); uniq_tf.quantize_apply quantizes it.
+keras.utils.get_custom_objects().setdefault("QuantizeAnnotate", QuantizeAnnotate)
 
 
 def quantize_annotate_layer(

@@ -48,6 +48,9 @@ class TrainConfig:
         epochs_per_stage). The paper exactly: noise="paper", polish_epochs=0. lr_schedule "step":
         constant, then a tenth for the final epochs. preset "reference": the fields of
         REFERENCE_PRESET and a first stage of 2 x epochs_per_stage, over what is set here.
+        normalization: how RGB images in [0, 1] are mapped for the model (one of
+        uniq_tf.data.NORMALIZATIONS; "": the model's own, uniq_tf.models.PREPROCESSING, else
+        "imagenet"); digits stay in [0, 1]. The run records it for the export commands.
         max_bops, max_weight_kb: a budget (0: none; a value <= 1 is a fraction of the float
         model's): after the float phase, uniq_tf.allocate_bits chooses per-layer bits among
         allocation_weight_bits x allocation_activation_bits ("2,3,4,8") on
@@ -59,6 +62,7 @@ class TrainConfig:
     dataset: str = "digits"
     data_dir: str | None = None
     image_size: int | None = None
+    normalization: str = ""
     augment: bool = True
     weight_bits: int = DEFAULTS.weight_bits
     activation_bits: int = DEFAULTS.activation_bits
@@ -222,6 +226,8 @@ def validate_config(config: TrainConfig) -> None:
     if config.dataset.split("/")[0] not in data.DATASETS:
         raise ValueError(f"dataset must be one of {list(data.DATASETS)} (imagenette/<tfds config> "
                          f"too), got {config.dataset!r}")
+    if config.normalization:
+        _check_choice(config, "normalization", data.NORMALIZATIONS)
     _check_choice(config, "optimizer", OPTIMIZERS)
     _check_choice(config, "lr_schedule", LR_SCHEDULES)
     _check_choice(config, "distribution", DISTRIBUTIONS)
@@ -271,3 +277,8 @@ def validate_config(config: TrainConfig) -> None:
             "Pass --strategy=multi_worker to train with the cluster TF_CONFIG describes.",
             stacklevel=2,
         )
+
+
+def normalization(config: TrainConfig) -> str:
+    """The run's normalization: ``config.normalization``, else the model's own."""
+    return config.normalization or models.PREPROCESSING.get(config.model, "imagenet")

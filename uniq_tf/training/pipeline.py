@@ -20,6 +20,7 @@ from uniq_tf.training.config import (
     TrainConfig,
     apply_preset,
     has_budget,
+    normalization,
     parse_bit_list,
     parse_layer_bits,
     parse_names,
@@ -45,7 +46,7 @@ def load_data(config: TrainConfig):
     common = dict(
         data_dir=config.data_dir or None, batch_size=config.batch_size,
         image_size=config.image_size, seed=config.seed,
-        normalization=models.PREPROCESSING.get(config.model, "imagenet"),
+        normalization=normalization(config),
     )
     train, info = data.get_dataset(config.dataset, "train", augment=config.augment, **common)
     test, _ = data.get_dataset(config.dataset, "test", **common)
@@ -387,6 +388,9 @@ def _run(config: TrainConfig, prepared: tuple | None) -> dict:
         "dataset": config.dataset,
         "num_classes": info.num_classes,
         "input_shape": list(info.input_shape),
+        # What the export commands read to see the data as this run did.
+        "preprocessing": {"dataset": config.dataset, "image_size": info.input_shape[0],
+                          "normalization": normalization(config)},
         "float_accuracy": floats["accuracy"],
         "quantized_accuracy_before_uniq": before_accuracy,
         "quantized_accuracy": quantized_accuracy,

@@ -41,6 +41,21 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def check_directory(path: str | os.PathLike, what: str = "output directory") -> Path:
+    """``path`` as a Path if a directory can be (or is) there: NotADirectoryError, in one line,
+    when it or a parent is a file, PermissionError when the nearest existing parent is not
+    writable."""
+    path = Path(path)
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise NotADirectoryError(
+            f"Cannot use {what} {str(path)!r}: {str(existing)!r} is a file, not a directory.")
+    if existing != path and not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(
+            f"Cannot create {what} {str(path)!r}: {str(existing)!r} is not writable.")
+    return path
+
+
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Writes ``data`` to ``path`` atomically."""
     with atomic_path(path) as temp:

@@ -11,8 +11,8 @@ take the same forms:
   one (the TFLite converter's ``representative_dataset`` style, whose items are ``[x]``).
 
 A list is always a sequence of batches, never an ``(x, y)`` pair. Given the model, an unbatched
-``tf.data.Dataset`` (elements of one sample, one axis fewer than the model's input) is batched,
-and a single array sample gets its batch axis; without the model, a Dataset must be batched.
+``tf.data.Dataset`` (elements of one sample, one axis fewer than the model's input) is batched;
+without the model, a Dataset must be batched.
 """
 
 from __future__ import annotations
@@ -69,8 +69,8 @@ def batches(
         batch_size: rows per batch for arrays, (x, y) pairs and unbatched datasets; None
             takes arrays whole (and an unbatched dataset in batches of 32).
         what: the argument's name, for the error.
-        model: the model the inputs are for: an unbatched dataset, or a single array sample,
-            is recognized from its input rank and batched.
+        model: the model the inputs are for: an unbatched dataset is recognized from its
+            input rank and batched.
 
     Returns:
         An iterator of (inputs, labels or None) batches (arrays or tensors, as given).
@@ -79,8 +79,6 @@ def batches(
         TypeError: ``data`` is none of the forms (raised when the iterator starts).
     """
     rank = input_rank(model)
-    if _is_array(data) and rank is not None and len(data.shape) == rank - 1:
-        data = data[None]
     if isinstance(data, tf.data.Dataset):
         data = _batched_dataset(data, batch_size, rank)
     if batch_size is None and (is_xy_pair(data) or _is_array(data)):
@@ -110,4 +108,58 @@ def batches(
             yield item, None
 
 
-__all__ = ["FORMS", "batches", "input_rank", "is_xy_pair"]
+def _input_dtype(model) -> np.dtype:
+    """The dtype samples of ``model`` are given in: its integer input dtype, else float32."""
+    dtype = np.dtype(model.inputs[0].dtype.as_numpy_dtype)
+    return dtype if np.issubdtype(dtype, np.integer) else np.dtype(np.float32)
+
+
+def samples(data, model, limit: int | None = None, what: str = "data") -> np.ndarray:
+    """Up to ``limit`` (default all) input samples of ``model`` from ``data`` in any form of
+    the module, as one array (N, *input_shape): float32, or the model's integer dtype.
+
+    Raises:
+        ValueError: a batch that does not fit the model's input (named with its shape), no
+            samples, or NaN/inf values (saying how many samples hold them).
+        TypeError: ``data`` is none of the forms.
+    """
+    shape = tuple(model.inputs[0].shape[1:])
+    dtype = _input_dtype(model)
+    taken, count = [], 0
+    try:
+        for given, _ in batches(data, None, what, model=model):
+            given = np.asarray(given)
+            batch = given[None] if given.ndim == len(shape) else given
+            fits = batch.ndim == len(shape) + 1 and all(
+                want is None or got == want
+                for got, want in zip(batch.shape[1:], shape, strict=True)
+            )
+            if not fits:
+                raise ValueError(
+                    f"{what}: a batch of shape {given.shape} does not fit model input "
+                    f"(None, {', '.join(str(s) for s in shape)})."
+                )
+            taken.append(batch[: None if limit is None else limit - count].astype(dtype))
+            count += len(taken[-1])
+            if limit is not None and count >= limit:
+                break
+    except TypeError as error:
+        raise TypeError(
+            f"{what} must be an array of inputs, a tf.data.Dataset, an iterable of batches or a "
+            f"generator function; got {type(data).__name__} ({error})."
+        ) from error
+    if count == 0:
+        raise ValueError(f"{what} holds no samples.")
+    out = np.concatenate(taken, axis=0)
+    bad = ~np.isfinite(out.reshape(len(out), -1)).all(axis=1)
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        raise ValueError(
+            f"{what} holds non-finite values (NaN or inf) in {len(rows)} of {len(out)} "
+            f"samples (first: {rows[:5].tolist()}); calibrating or verifying on them means "
+            "nothing. Pass finite inputs."
+        )
+    return out
+
+
+__all__ = ["FORMS", "batches", "input_rank", "is_xy_pair", "samples"]
