@@ -183,7 +183,9 @@ def descriptor(
             "simple": "MACs * b_w * b_a (qonnx.util.inference_cost's total_bops)",
             "index_bits": "b_w = b, the codebook index width (a look-up-table design)",
             "grid_bits": "b_w = B, the integer grid width FINN computes with",
-            "input_bits": "b_a = integer width qonnx infers for the layer input, 32 if float",
+            "input_bits": "b_a = the width of the nearest activation quantizer (or input) "
+                          "upstream, through layers that keep it; 32 if float "
+                          "(uniq_tf.integration.registry.keeps_bit_width, as uniq_tf.summary)",
         },
         "layers": [_layer_record(layer, cost, by_layer.get(layer.name),
                                  grid_rules.get(layer.name, (None,))[0])

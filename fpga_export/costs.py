@@ -1,11 +1,14 @@
 """Per-layer cost figures of the exported graph, from uniq_tf.bops' formulas.
 
-Bit widths are the ones the exported graph carries: b (codebook index width, the paper's b_w,
-for a look-up-table design), B (the integer grid width FINN computes with), and b_a = the
-integer width qonnx's InferDataTypes gives the layer's input (a Quant output, possibly through
-MaxPool/Flatten/Reshape/Pad/Concat), 32 where that input is float (after batch norm, Add or
-average pooling without a quantizer). With these, ``MACs * B * b_a`` summed over layers equals
-``qonnx.util.inference_cost``'s total_bops of the exported model.
+Bit widths: b (codebook index width, the paper's b_w, for a look-up-table design), B (the
+integer grid width FINN computes with), and b_a = the width of the activation quantizer (or
+the model input's) nearest upstream of the layer's input, through the layers that keep a bit
+width (``uniq_tf.integration.registry.keeps_bit_width``): the rule and the counts of
+``uniq_tf.summary``, so the descriptor's paper BOPs at b equal the summary's (called with the
+bundle's input bits). A kernel layer left in float counts 32 x 32, as there.
+``qonnx.util.inference_cost`` counts the same MACs; its BOPs take a tensor after batch norm, Add
+or average pooling as float (32 bits), so they differ from ``MACs * B * b_a`` where such a
+tensor feeds a layer without a quantizer in between (a classifier after global pooling).
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ def layer_costs(layer: ComputeLayer) -> dict:
     grid_bits = layer.grid.bits if layer.grid is not None else FLOAT_BITS
     # A layer with fixed integer weights (an option-A shortcut) has no codebook: b = B.
     b = layer.codebook.bits if layer.codebook is not None else grid_bits
-    b_a = layer.input_bits or FLOAT_BITS
+    # A float kernel layer counts 32 x 32, as uniq_tf.summary counts it.
+    b_a = (layer.input_bits or FLOAT_BITS) if layer.grid is not None else FLOAT_BITS
     kh, kw = layer.kernel_size
     shape = (layer.out_channels, layer.in_channels, kh, kw)
     macs = bops.conv_macs(*shape, layer.out_pixels, layer.groups)

@@ -39,6 +39,7 @@ from fpga_export.actquant import QuantParams
 from fpga_export.grid import IntegerGrid
 from uniq_tf import internals
 from uniq_tf._keras import keras
+from uniq_tf.integration import registry
 from uniq_tf.method.codebook import Codebook
 from uniq_tf.util import graph
 
@@ -51,9 +52,6 @@ OUTPUT_NAME = "output"
 PASS_THROUGH = (L.InputLayer, L.Dropout)
 KERNEL_LAYERS = (L.Conv2D, L.DepthwiseConv2D, L.Dense)
 PLAIN_ACTIVATIONS = ("linear", "relu", "relu6", "softmax")
-# Ops whose output keeps the input's integer type in qonnx's InferDataTypes.
-_TYPE_PRESERVING = ("MaxPool", "GlobalMaxPool", "Flatten", "Reshape", "Transpose", "Pad", "Concat",
-                    "Clip")
 SHORTCUT_TYPE = "OptionAShortcut"  # ComputeLayer.keras_type of an option-A shortcut's conv
 SHORTCUT_WEIGHT_BITS = 2  # its weights are 0 and 1: exact on the smallest signed grid (-1..1)
 
@@ -64,8 +62,9 @@ class Tensor:
 
     kshape: Keras shape with batch 1. layout: "nchw" (rank-4 maps), "vec" (rank 2, Keras order)
     or "flat_chw" (rank 2, a flattened (H, W, C) map in ONNX's CHW order; ``source`` = (H, W, C)).
-    quant: the quantizer whose integer grid the values are on (a Quant output, also through
-    ops that keep qonnx's datatype), None for float.
+    quant: the quantizer whose bit width the values carry (a Quant output, also through the
+    layers that keep it: ``uniq_tf.integration.registry.keeps_bit_width``, the rule
+    ``uniq_tf.summary`` reads too), None for float.
     """
 
     name: str
@@ -76,7 +75,7 @@ class Tensor:
 
     @property
     def bits(self) -> int | None:
-        """The integer width qonnx's InferDataTypes gives this tensor, None for float."""
+        """The bit width the values carry (the descriptor's b_a), None for float."""
         return None if self.quant is None else self.quant.bits
 
     @property
@@ -173,6 +172,19 @@ def unsupported_reason(layer) -> str | None:
     return kind
 
 
+def _carried(layer, inputs: list[Tensor]) -> QuantParams | None:
+    """The quantizer whose bit width ``layer``'s output carries before its own quantizer, if
+    any: its inputs' (the widest of them; float if one is float) where the layer keeps the bit
+    width, else None (float)."""
+    if isinstance(layer, PASS_THROUGH) or (
+            registry.keeps_bit_width(layer) and not isinstance(layer, KERNEL_LAYERS)):
+        quants = [t.quant for t in inputs]
+        if any(q is None for q in quants):
+            return None
+        return max(quants, key=lambda q: q.bits)
+    return None
+
+
 def _onnx_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_]", "_", text)
 
@@ -262,8 +274,10 @@ class GraphBuilder:
         return dataclasses.replace(x, name=out, quant=params)
 
     def _like(self, x: Tensor, name: str, op_type: str, **changes) -> Tensor:
-        quant = x.quant if op_type in _TYPE_PRESERVING else None
-        return dataclasses.replace(x, name=name, quant=quant, **changes)
+        """``x`` renamed to the output of an ``op_type`` node (the bit width it carries is set
+        once per layer, in :meth:`_call`)."""
+        del op_type
+        return dataclasses.replace(x, name=name, **changes)
 
     # ------------------------------------------------------------------ walking
 
@@ -296,7 +310,7 @@ class GraphBuilder:
     def _call(self, layer, inputs: list[Tensor]) -> list[Tensor]:
         if isinstance(layer, keras.Model):
             return self._walk(layer, inputs)
-        out = self._emit(layer, inputs)
+        out = dataclasses.replace(self._emit(layer, inputs), quant=_carried(layer, inputs))
         params = self.activations.get(layer.name)
         if params is not None:
             out = self.quant(out, params, f"{layer.name}_act_quant")

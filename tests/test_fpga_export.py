@@ -233,17 +233,42 @@ def test_per_channel_codebooks_in_npz_and_metadata(structure):
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_inference_cost_equals_macs_times_grid_bits_times_input_bits(trained, name):
+def test_inference_cost_counts_the_same_macs_and_bops_where_it_sees_the_same_widths(trained,
+                                                                                    name):
     _, directory, result = trained[name]
     cost = inference_cost(str(directory / "model.onnx"), discount_sparsity=False)["total_cost"]
     layers = result.descriptor["layers"]
     ours = sum(bops.simple_bops(row["macs"], row["weight_grid_bits"], row["input_bits"])
                for row in layers)
-    assert cost["total_bops"] == ours == result.descriptor["totals"]["bops_simple_grid_bits"]
-    assert result.descriptor["totals"]["qonnx_inference_cost"]["total_bops"] == ours
+    assert ours == result.descriptor["totals"]["bops_simple_grid_bits"]
+    assert result.descriptor["totals"]["qonnx_inference_cost"]["total_bops"] == cost["total_bops"]
     assert cost["total_macs"] == result.descriptor["totals"]["macs"]
+    # qonnx takes a tensor after average pooling as float: the demo CNN's classifier (after
+    # global average pooling) is the one layer it counts at 32 input bits.
+    after_pooling = {"cnn": ["fc"], "residual": []}[name]
+    rows = {row["name"]: row for row in layers}
+    assert cost["total_bops"] == ours + sum(
+        rows[n]["macs"] * rows[n]["weight_grid_bits"] * (32 - rows[n]["input_bits"])
+        for n in after_pooling)
     # The paper's formula at the index width b is the smaller figure the descriptor states too.
     assert result.descriptor["totals"]["bops_paper_index_bits"] < ours
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_the_descriptor_and_uniq_tf_summary_count_the_same_bops(trained, name):
+    """One rule for which layers carry a bit width: the bundle's paper BOPs at the index width
+    are uniq_tf.summary's, layer by layer, with the bundle's input bits."""
+    model, _, result = trained[name]
+    summary = uniq_tf.summary(model, input_bits=result.descriptor["input"]["quant"]["bits"])
+    rows = {row["name"]: row for row in summary.layers if row["macs"]}
+    layers = {row["name"]: row for row in result.descriptor["layers"]}
+    assert set(layers) == set(rows)
+    for name_, row in layers.items():
+        assert row["bops_paper_index_bits"] == pytest.approx(rows[name_]["bops"], rel=1e-12)
+        assert row["input_bits"] == rows[name_]["activation_bits"]
+        assert row["macs"] == rows[name_]["macs"]
+    assert result.descriptor["totals"]["bops_paper_index_bits"] == pytest.approx(
+        summary.total_bops, rel=1e-12)
 
 
 def test_descriptor_records_layers_and_bits(trained):
@@ -254,7 +279,7 @@ def test_descriptor_records_layers_and_bits(trained):
     assert list(rows) == ["conv1", "conv2", "conv3", "fc"]
     assert rows["conv1"]["input_bits"] == 5  # the model input
     assert rows["conv2"]["input_bits"] == 8  # relu1's quantizer
-    assert rows["fc"]["input_bits"] == 32  # global average pooling leaves the grid
+    assert rows["fc"]["input_bits"] == 8  # conv3's ReLU quantizer, through the pooling
     conv2 = rows["conv2"]
     assert conv2["macs"] == 64 * 32 * 9 * 64
     assert conv2["bops_paper_index_bits"] == bops.conv_bops(64, 32, 3, 3, 4, 8, 64)
@@ -595,10 +620,19 @@ def test_resnet20_option_a_shortcut_is_a_fixed_conv(digits, tmp_path, global_rng
         expected[:c_in, :, 0, 0] = np.eye(c_in)
         np.testing.assert_array_equal(wrapper.get_initializer(quant.input[0]), expected)
 
-    # The qonnx cross-check counts the shortcuts as the descriptor does.
+    # The qonnx cross-check counts the shortcuts' MACs as the descriptor does; its BOPs take
+    # the classifier's input after global average pooling as float, the descriptor as the
+    # last ReLU quantizer's 8 bits (the rule uniq_tf.summary uses).
     cost = desc["totals"]["qonnx_inference_cost"]
-    assert cost["total_bops"] == desc["totals"]["bops_simple_grid_bits"]
     assert cost["total_macs"] == desc["totals"]["macs"]
+    fc = next(row for row in desc["layers"] if row["name"] == "fc")
+    assert fc["input_bits"] == 8
+    assert cost["total_bops"] - desc["totals"]["bops_simple_grid_bits"] == (
+        fc["macs"] * fc["weight_grid_bits"] * (32 - 8))
+    summary = uniq_tf.summary(model, input_bits=desc["input"]["quant"]["bits"])
+    counted = sum(row["bops_paper_index_bits"] for row in desc["layers"]
+                  if not row["fixed_weights"])
+    assert counted == pytest.approx(summary.total_bops, rel=1e-12)
 
     # The shortcut convs compute the subsampled input and zeros exactly.
     x = x_test[:8]
