@@ -46,7 +46,7 @@ def variant_config(base: accuracy.AccuracyConfig, overrides: dict) -> accuracy.A
 
 def run(base: accuracy.AccuracyConfig, variants: list[str], progress=print) -> dict:
     cache: dict = {}
-    out = {"config": accuracy._config_dict(base), "variants": {}}
+    out = {"config": accuracy.config_dict(base), "variants": {}}
     reference = dataclasses.replace(base, methods=REFERENCES)
     out["reference"] = accuracy.run(reference, progress, cache)
     for name in variants:

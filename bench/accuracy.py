@@ -296,7 +296,7 @@ def run(config: AccuracyConfig, progress=print, float_cache: dict | None = None)
     if unknown:
         raise ValueError(f"Unknown methods {unknown}; allowed: {list(METHODS)}")
     started = time.perf_counter()
-    results = {"config": _config_dict(config), "float": [], "runs": [], "bops": {}, "epochs": {}}
+    results = {"config": config_dict(config), "float": [], "runs": [], "bops": {}, "epochs": {}}
     for name in config.models:
         float_models = {}
         for seed in config.seeds[name]:
@@ -329,7 +329,7 @@ def run(config: AccuracyConfig, progress=print, float_cache: dict | None = None)
     return results
 
 
-def _config_dict(config: AccuracyConfig) -> dict:
+def config_dict(config: AccuracyConfig) -> dict:
     out = dataclasses.asdict(config)
     out["bits"] = {k: [list(b) for b in v] for k, v in config.bits.items()}
     out["seeds"] = {k: list(v) for k, v in config.seeds.items()}

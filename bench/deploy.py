@@ -104,7 +104,7 @@ def _invoker(path: str, x: np.ndarray, threads: int):
     interpreter = runtime.Interpreter(model_path=path, num_threads=threads)
     interpreter.allocate_tensors()
     detail = interpreter.get_input_details()[0]
-    interpreter.set_tensor(detail["index"], runtime._quantize_input(x[:1], detail))
+    interpreter.set_tensor(detail["index"], runtime.quantize_input(x[:1], detail))
     return interpreter.invoke
 
 

@@ -324,7 +324,7 @@ def lsq_model(model, weight_bits: int, activation_bits: int, per_channel: bool =
     """
     levels(weight_bits, signed=True)
     levels(activation_bits, signed=False)
-    wrapped = peers._wrap(
+    wrapped = peers.wrap(
         model,
         lambda layer: _QuantizeWrapper(
             layer, LsqKernelConfig(weight_bits, per_channel), name_prefix=""),

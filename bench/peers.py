@@ -85,7 +85,7 @@ def _is_kernel_layer(layer) -> bool:
     return registry.kernel_attributes(layer) == {"kernel": (-1,)}
 
 
-def _wrap(model, wrap_kernel, activation_bits: int | None, wrap_activation=None):
+def wrap(model, wrap_kernel, activation_bits: int | None, wrap_activation=None):
     """Clones ``model`` (a copy), wrapping kernel layers with ``wrap_kernel`` and ReLU layers
     in an activation quantizer (``wrap_activation``, by default uniq_tf's at
     ``activation_bits``), reusing every other layer."""
@@ -113,7 +113,7 @@ def uniform_qat(model, weight_bits: int, activation_bits: int, narrow_range: boo
     if narrow_range is None:
         narrow_range = narrow_range_for(weight_bits)
     config = UniformKernelConfig(weight_bits, narrow_range)
-    return _wrap(
+    return wrap(
         model, lambda layer: QuantizeWrapper(layer, config, name_prefix=""), activation_bits
     )
 
@@ -160,7 +160,7 @@ def clustered(model, weight_bits: int, activation_bits: int | None, init: str = 
             layer, number_of_clusters=clusters, cluster_centroids_init=CLUSTER_INITS[init]
         )
 
-    return _wrap(model, wrap_kernel, activation_bits)
+    return wrap(model, wrap_kernel, activation_bits)
 
 
 def distinct_kernel_values(model) -> dict[str, int]:

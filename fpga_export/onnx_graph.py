@@ -240,6 +240,10 @@ class GraphBuilder:
 
     # ------------------------------------------------------------------ primitives
 
+    def claim(self, name: str) -> None:
+        """Reserves ``name`` (the graph input's), so no node output takes it."""
+        self._used[_onnx_name(name)] += 1
+
     def _fresh(self, base: str) -> str:
         base = _onnx_name(base)
         self._used[base] += 1
@@ -707,7 +711,7 @@ def build_graph(
     """The QONNX graph of ``stripped`` for one (1, C, H, W) input; see the module docstring."""
     builder = GraphBuilder(codebooks, grids, activations)
     x = Tensor(INPUT_NAME, (1,) + tuple(input_shape), "nchw")
-    builder._used[INPUT_NAME] += 1
+    builder.claim(INPUT_NAME)
     quantized = builder.quant(x, input_quant, "input_quant")
     out = builder.build(stripped, quantized)
     builder.fold_pads()

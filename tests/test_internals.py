@@ -170,3 +170,76 @@ def test_build_optimizer_and_optimizer_slots_find_each_variables_slots(make, cou
         optimizer, bias)}
     optimizer.apply_gradients([(tf.ones((3, 2)), kernel), (tf.ones(2), bias)])
     assert any(np.any(s.numpy() != 0) for s in slots)  # they are the ones the update moved
+
+
+def test_node_accessors_read_a_calls_inputs_outputs_and_layer(shared_model):
+    model, _ = shared_model
+    add = model.get_layer("add")
+    (node,) = internals.inbound_nodes(add)
+    assert internals.node_layer(node) is add and not internals.node_is_input(node)
+    assert [layer.name for layer, _, _ in internals.node_inbound(node)] == ["shared", "shared"]
+    assert [index for _, index, _ in internals.node_inbound(node)] == [0, 1]
+    assert len(internals.node_inputs(node)) == 2 and len(internals.node_outputs(node)) == 1
+    (input_node,) = internals.inbound_nodes(model.layers[0])
+    assert internals.node_is_input(input_node)
+
+
+def test_assign_moving_average_and_merge_call():
+    from uniq_tf._keras import tf
+
+    variable = tf.Variable(4.0)
+    assert float(internals.assign_moving_average(variable, tf.constant(2.0), 0.75)) == 3.5
+    seen = []
+    internals.merge_call(lambda strategy, value: seen.append((strategy, value)), 7)
+    assert seen[0][1] == 7 and seen[0][0] is tf.distribute.get_strategy()
+
+
+def test_keras_v3_save_is_seen_during_a_keras_format_save_only(quantized, tmp_path):
+    assert internals.keras_v3_save() is None
+    keys = []
+
+    class Spy(L.Layer):
+        def get_config(self):
+            keys.append(internals.keras_v3_save())
+            return super().get_config()
+
+    inputs = keras.Input((2,))
+    model = keras.Model(inputs, Spy()(inputs))
+    model.save(tmp_path / "m.keras")
+    model.save(tmp_path / "m.h5")
+    assert keys[0] is not None and keys[-1] is None  # the .keras save, then the .h5 one
+
+
+def test_the_keras_format_warning_survives_clone_model(quantized, tmp_path):
+    from uniq_tf.integration.saving import KERAS_FORMAT_WARNING
+
+    with uniq_tf.quantize_scope():
+        clone = keras.models.clone_model(quantized)
+    with pytest.warns(UserWarning) as record:
+        clone.save(tmp_path / "clone.keras")
+    assert [str(w.message) for w in record].count(KERAS_FORMAT_WARNING) == 1
+
+
+def test_no_source_reads_a_private_attribute_outside_internals():
+    """Private attributes of TensorFlow, tf_keras and TFMOT (and ``tf.__internal__``) are read in
+    uniq_tf/internals.py alone: outside it, no source reads an ``_attribute`` of anything but
+    ``self`` or ``cls``."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    offenders = []
+    for package in ("uniq_tf", "tflite_export", "fpga_export", "examples", "bench"):
+        for path in sorted((root / package).rglob("*.py")):
+            if path == root / "uniq_tf" / "internals.py":
+                continue
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if not isinstance(node, ast.Attribute):
+                    continue
+                dunder = node.attr.startswith("__") and node.attr.endswith("__")
+                private = node.attr.startswith("_") and (not dunder or node.attr == "__internal__")
+                own = isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")
+                if private and not own:
+                    offenders.append(f"{path.relative_to(root)}:{node.lineno}: "
+                                     f"{ast.unparse(node)}")
+    assert not offenders, offenders

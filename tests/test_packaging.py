@@ -109,10 +109,39 @@ def test_keras3_imported_first_is_named_at_import():
 
 def test_submodules_are_attributes_and_the_heavy_ones_load_lazily():
     out = _python("import sys, uniq_tf; lazy = [m for m in ('uniq_tf.training', 'uniq_tf.cli', "
-                  "'uniq_tf.visualize') if m in sys.modules]; "
+                  "'uniq_tf.cost.visualize') if m in sys.modules]; "
                   "print(lazy, uniq_tf.keras.__name__, uniq_tf.training.__name__, "
                   "callable(uniq_tf.visualize.plot_weight_histograms), "
                   "uniq_tf.saving.load_quantized.__name__)")
     assert out.startswith("[] tf_keras uniq_tf.training True load_quantized")
     with pytest.raises(AttributeError, match="no attribute 'nonexistent'"):
         uniq_tf.nonexistent  # noqa: B018
+
+
+# Every name uniq_tf exposed before its modules were grouped into sub-packages.
+EARLIER_NAMES = (
+    "ActMode", "AllocationReport", "Codebook", "GradualQuantization", "KQuantileWeightQuantizer",
+    "LayerBits", "Mode", "SwitchableActivationQuantizer", "UniqScheme", "activation_modes",
+    "allocate_bits", "calibrate_activations", "get_activation_ranges", "get_codebooks",
+    "is_quantized_model", "keras", "plot_plan", "plot_tradeoff", "register_layer",
+    "quantize_annotate_layer", "quantize_annotate_model", "quantize_apply", "quantize_model",
+    "quantize_scope", "set_activation_mode", "set_grid_bits", "set_weight_mode",
+    "strip_quantization", "summary", "unregister_layer", "weight_modes",
+)
+EARLIER_MODULE_NAMES = {
+    "models": "small_cnn", "data": "load_digits", "visualize": "plot_weight_histograms",
+    "saving": "load_quantized", "callbacks": "GradualQuantization", "bops": "summary",
+    "allocate": "allocate_bits", "kquantile": "quantize", "quantizers": "KQuantileWeightQuantizer",
+    "registry": "register_layer", "annotate": "quantize_annotate_layer",
+    "modes": "set_weight_mode", "inputs": "batches", "atomic": "write_json",
+    "plots": "plot_tradeoff", "internals": "wrapper_weight_vars",
+}
+
+
+def test_every_earlier_public_name_is_still_where_it_was():
+    import uniq_tf
+
+    assert all(hasattr(uniq_tf, name) for name in EARLIER_NAMES)
+    assert set(EARLIER_NAMES) <= set(uniq_tf.__all__)
+    for module, name in EARLIER_MODULE_NAMES.items():
+        assert callable(getattr(getattr(uniq_tf, module), name)), (module, name)

@@ -102,7 +102,17 @@ def io_quantization(model: ModelSource) -> tuple[tuple[float, int] | None, float
     return ((float(scale), int(zero_point)) if scale else None), (output_step or None)
 
 
-def _quantize_input(x: np.ndarray, detail: dict) -> np.ndarray:
+def quantize_input(x: np.ndarray, detail: dict) -> np.ndarray:
+    """``x`` as a TFLite input tensor takes it: cast to its dtype, and for an int8 input
+    quantized with the tensor's scale and zero point.
+
+    Args:
+        x: float inputs.
+        detail: the input's details from the interpreter (``get_input_details()[0]``).
+
+    Returns:
+        The array to ``set_tensor``.
+    """
     scale, zero_point = detail["quantization"]
     if detail["dtype"] == np.float32 or scale == 0:
         return x.astype(detail["dtype"])
@@ -144,7 +154,7 @@ def predict(model: ModelSource | Interpreter, x: np.ndarray, batch_size: int = 2
             interpreter.allocate_tensors()
             current = len(batch)
             input_detail = interpreter.get_input_details()[0]
-        interpreter.set_tensor(input_detail["index"], _quantize_input(batch, input_detail))
+        interpreter.set_tensor(input_detail["index"], quantize_input(batch, input_detail))
         interpreter.invoke()
         output = interpreter.get_output_details()[0]
         outputs.append(_dequantize_output(interpreter.get_tensor(output["index"]), output))
