@@ -1,5 +1,5 @@
 """Mixed precision under a budget: ``uniq_tf.allocate_bits`` against the uniform plan of the
-same BOPs (issue 16).
+same BOPs.
 
 For each model and seed, one float model; for each budget equal to a uniform plan's BOPs
 (W2A8, W3A8, W4A4), two runs start from it with the same staged UNIQ fine-tune (the low-bit

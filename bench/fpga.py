@@ -1,4 +1,4 @@
-"""The hardware section (issue 13): FINN's resource estimates for UNIQ's FPGA bundles.
+"""The hardware section: FINN's resource estimates for UNIQ's FPGA bundles.
 
 Run by hand, outside CI, from the repository root as a module, in two environments (FINN's
 ``finn-plus`` lives in its own venv, see examples/finn_estimate.py for its setup):
@@ -47,7 +47,7 @@ least-squares fits of LUT against BOPs with their R^2, and the plot; with ``--do
 rewrites the ResNet-20 part and the commands of docs/benchmarks.md section 6 (the nested
 ``fpga-resnet20`` and ``fpga-commands`` markers, bench.common.splice_section).
 
-ResNet-20 (issue 13) runs on the 8x8 digits (``--models=resnet20``; CIFAR-10 is not available
+ResNet-20 runs on the 8x8 digits (``--models=resnet20``; CIFAR-10 is not available
 offline). Its option-A shortcuts export as 1x1 stride-2 convs with constant [I; 0] weights
 (fpga_export.onnx_graph), fixed 2-bit MVAUs in FINN; their B is 2 in every variant.
 """
@@ -583,7 +583,7 @@ def resnet_text(output_dir: Path, name: str = "resnet20") -> str:
 
 
 def _target_text(rows, by_key, shortcuts, fps_list) -> str:
-    """Which variants meet issue 13's W4A8 target: B <= 5, ONNX accuracy within 0.2 points
+    """Which variants meet the W4A8 target: B <= 5, ONNX accuracy within 0.2 points
     of Keras, BRAM at most 0.6x of the default (B = 10) bundle at every fps."""
     met, missed = [], []
     for row in rows:
@@ -599,7 +599,7 @@ def _target_text(rows, by_key, shortcuts, fps_list) -> str:
             if r > 0.6]
         (missed if why else met).append(
             f"`{row['variant']}`" + (f" ({', '.join(why)})" if why else ""))
-    return ("Issue 13's W4A8 target (B <= 5, ONNX accuracy within 0.2 points of Keras, BRAM "
+    return ("The W4A8 target (B <= 5, ONNX accuracy within 0.2 points of Keras, BRAM "
             "at most 0.6x of the B = 10 bundle) on ResNet-20, UNIQ variants: met by "
             + (", ".join(met) or "none") + "; not by " + (", ".join(missed) or "none") + ".")
 

@@ -1,4 +1,4 @@
-"""Issue 17's "must show" for large models: an int8 TFLite export of MobileNetV2 (alpha 0.35,
+"""The int8 checks on large models: an int8 TFLite export of MobileNetV2 (alpha 0.35,
 96x96) and DenseNet121 (64x64), trained one epoch on random data, quantized W4A8 and
 calibrated, passes verification with the right representative data and is refused when the
 representative data is scaled 100x too large or too small.

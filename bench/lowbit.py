@@ -470,7 +470,7 @@ TARGET_SCHEDULE = "short"  # the project's default fine-tune
 
 
 def targets(results: dict) -> list[dict]:
-    """Issue 12's target per model and bit width, on the default schedule: UNIQ's defaults at
+    """The suite's target per model and bit width, on the default schedule: UNIQ's defaults at
     or above every fine-tuned peer's mean, or the paired 95 % interval holding 0."""
     reference = results.get("reference", REFERENCE_METHOD)
     out = []

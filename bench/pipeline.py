@@ -1,4 +1,4 @@
-"""Input pipeline at ImageNet size (issue 15): images per second the training command's
+"""Input pipeline at ImageNet size: images per second the training command's
 tfds/keras-cv pipeline delivers at 224x224, against the images per second a UNIQ train step
 consumes on the same machine.
 
@@ -150,7 +150,7 @@ def markdown(result: dict) -> str:
         common.markdown_table(
             ["stage", "images/s", "images/s per core", "vs the model"], rows),
         "",
-        "Target (issue 15): the pipeline delivers at least 3x the images per second the model "
+        "Target: the pipeline delivers at least 3x the images per second the model "
         "consumes on this machine: "
         + ("**met**" if train["images_per_s"] >= 3 * model["images_per_s"] else "**not met**")
         + f" ({train['images_per_s'] / model['images_per_s']:.1f}x for training). On an "

@@ -1,4 +1,4 @@
-"""Cost of GradualQuantization's stage changes (issue 15): wall time of stage-change epochs
+"""Cost of GradualQuantization's stage changes: wall time of stage-change epochs
 against the other epochs, train-function traces, and resident memory over a run of every stage.
 
 A UNIQ model (W4A8) is trained with ``stages="layer"`` (one kernel layer per stage) on random

@@ -4,6 +4,7 @@ import csv
 import io
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from uniq_tf import bops, models
 from uniq_tf._keras import keras
 
 L = keras.layers
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def single(layer, input_shape, name="single"):
@@ -511,3 +513,46 @@ def test_pure_functions_reject_bad_shapes():
         bops.dense_bops(4, 4, 64, 8)
     with pytest.raises(ValueError, match="padding must be"):
         bops.conv_output_length(8, 3, padding="full")
+
+
+def test_bops_report_example_writes_the_table(tmp_path):
+    from absl import flags
+
+    from uniq_tf.cli import bops as bops_report
+
+    output = tmp_path / "bops.md"
+    pairs = ["32,32", "4,8", "2,2"]
+    argv = ["bops_report", "--models=resnet18", "--resolution=32", "--num_classes=10",
+            f"--output={output}", *(f"--bits={p}" for p in pairs)]
+    if "resolution" not in flags.FLAGS:
+        bops_report._define_flags()
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(argv)
+    try:
+        bops_report.main(argv[:1])
+    finally:
+        flags.FLAGS.unparse_flags()
+    text = output.read_text()
+    from uniq_tf import bops, models
+
+    model = models.resnet18((32, 32, 3), 10)
+    expected = {
+        p: bops.summary(model, *(() if p == "32,32" else map(int, p.split(","))))
+        for p in pairs
+    }
+    rows = [line for line in text.splitlines() if line.startswith("| ResNet-18 |")]
+    assert len(rows) == 4  # size, BOPs (paper), BOPs (simple), weight memory
+    paper = rows[1].strip("| ").split(" | ")[1:]
+    simple = rows[2].strip("| ").split(" | ")[1:]
+    assert paper == [f"{expected[p].total_bops / 1e9:,.2f}" for p in pairs]
+    assert simple == [f"{expected[p].total_bops_simple / 1e9:,.2f}" for p in pairs]
+    assert "| model | 32,32 | 4,8 | 2,2 |" in text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bops.md"]  # no temporary file
+
+
+def test_committed_bops_doc_has_every_model_and_bit_pair():
+    text = (ROOT / "docs" / "bops.md").read_text()
+    header = "| model | 32,32 | 8,8 | 5,8 | 4,8 | 4,4 | 3,3 | 2,4 | 2,2 |"
+    assert text.count(header) == 3  # paper BOPs, simple BOPs, weight memory
+    for title in ("ResNet-18", "ResNet-34", "ResNet-50", "MobileNet v1"):
+        assert sum(line.startswith(f"| {title} |") for line in text.splitlines()) == 4

@@ -145,7 +145,7 @@ def test_auto_lowers_grid_bits_and_keeps_parity(trained, digits, tmp_path):
     chosen = {row["name"]: row["weight_grid_bits"] for row in result.descriptor["layers"]}
     assert all(4 <= chosen[k] <= fallback[k] for k in chosen)
     assert sum(chosen.values()) < sum(fallback.values())
-    assert np.mean(list(chosen.values())) <= 5  # B = 10 data-free; issue 13 aims at b + 1
+    assert np.mean(list(chosen.values())) <= 5  # B = 10 data-free; the target is b + 1
     on_disk = json.loads((tmp_path / "auto" / "descriptor.json").read_text())
     selection = on_disk["weight_grid"]["selection"]
     assert selection["metric"] == "agreement" and selection["samples"] == len(x_test)

@@ -1,4 +1,4 @@
-"""Mixed precision and XLA (issue 15): staged UNIQ training under mixed_float16 and
+"""Mixed precision and XLA: staged UNIQ training under mixed_float16 and
 mixed_bfloat16, with and without jit_compile, on CPU. Codebooks, noise and activation ranges
 stay float32."""
 

@@ -1,5 +1,7 @@
 """quantize_model, modes, gradients, strip/codebooks, save/load and bad input."""
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -403,3 +405,13 @@ def test_sequential_model_is_supported():
     q = uniq_tf.quantize_model(model, weight_bits=2)
     assert isinstance(q, keras.Sequential)
     assert len(np.unique(uniq_tf.strip_quantization(q).layers[0].kernel.numpy())) <= 4
+
+
+def test_quantizing_a_quantized_model_says_so_and_nothing_else():
+    quantized = uniq_tf.quantize_model(small_cnn())
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        with pytest.raises(ValueError, match="is already quantized"):
+            uniq_tf.quantize_model(quantized)
+    assert not [w for w in record if "left in float" in str(w.message)
+                or "leaves these layers in float" in str(w.message)]

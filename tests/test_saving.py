@@ -1,15 +1,17 @@
-"""Issue 17 item 10: a quantized model's ``save`` warns about the .keras format (which cannot
-load it back), ``save_quantized`` refuses it, and .h5/SavedModel round trips through
-``load_quantized`` are bit identical."""
+"""Saving quantized models: ``save`` warns about the .keras format (which cannot load it back),
+``save_quantized`` refuses it, ``load_quantized`` names it, and .h5/SavedModel round trips (of
+nested models and split SeparableConv2D layers too) are bit identical."""
 
-import sys
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+from test_quantize import batch, nested_model, save_and_load, small_cnn
+from test_tflite_checks import _inputs, mlp
 
 import uniq_tf
+from uniq_tf import Mode
 from uniq_tf._keras import keras
 from uniq_tf.integration.saving import (
     KERAS_FORMAT_WARNING,
@@ -18,10 +20,7 @@ from uniq_tf.integration.saving import (
     save_quantized,
 )
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from test_quantize import batch, small_cnn  # noqa: E402
-
+L = keras.layers
 pytestmark = pytest.mark.filterwarnings("ignore:You are saving your model as an HDF5 file")
 
 
@@ -98,3 +97,55 @@ def test_is_keras_format():
     assert is_keras_format("a/m.keras") and is_keras_format(Path("m.keras"))
     assert is_keras_format("m", "keras") and not is_keras_format("m.keras", "h5")
     assert not is_keras_format("m.h5") and not is_keras_format("dir")
+
+
+@pytest.mark.filterwarnings("ignore:You are saving your model as an HDF5 file")
+def test_load_quantized_names_the_keras_format(tmp_path):
+    from uniq_tf.integration.saving import load_quantized
+
+    quantized = uniq_tf.quantize_model(mlp())
+    x = _inputs(4)
+    quantized.save(tmp_path / "m.h5")
+    loaded = load_quantized(tmp_path / "m.h5")
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), quantized.predict(x, verbose=0))
+    quantized.save(tmp_path / "m.keras")  # saves; tf_keras cannot load it back
+    with pytest.raises(ValueError, match=r"\.keras format, which cannot load .* as \.h5"):
+        load_quantized(tmp_path / "m.keras")
+    with pytest.raises(FileNotFoundError, match="No saved model"):
+        load_quantized(tmp_path / "missing.h5")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["h5", "tf"])
+def test_nested_model_save_and_load_is_bit_identical(tmp_path, fmt):
+    q = uniq_tf.quantize_model(nested_model(), weight_bits=3, activation_bits=4)
+    uniq_tf.calibrate_activations(q, [batch(32, 1)], verbose=False)
+    uniq_tf.set_weight_mode(q, Mode.FLOAT, layers=["dw"])
+    x = batch(8, 2)
+    expected = q(x, training=False).numpy()
+    loaded = save_and_load(q, tmp_path, fmt)
+    np.testing.assert_array_equal(loaded(x, training=False).numpy(), expected)
+    assert uniq_tf.weight_modes(loaded) == uniq_tf.weight_modes(q)
+    assert uniq_tf.weight_modes(loaded)["dw"] == Mode.FLOAT
+
+
+def separable_model():
+    inp = keras.Input((8, 8, 1))
+    x = L.SeparableConv2D(4, 3, activation="relu", name="sep")(inp)
+    return keras.Model(inp, L.Dense(3, name="fc")(L.Flatten()(x)))
+
+
+@pytest.mark.parametrize("fmt", ["h5", "tf"])
+def test_separable_conv_save_and_load_is_bit_identical(tmp_path, fmt):
+    """A quantized SeparableConv2D is split in two wrapped layers (integration.layout), which the
+    SavedModel format saves; a wrapped SeparableConv2D failed with a ValueError there."""
+    q = uniq_tf.quantize_model(separable_model(), weight_bits=2)
+    uniq_tf.calibrate_activations(q, [batch(8, 1)], verbose=False)
+    x = batch(4, 3)
+    expected = q(x, training=False).numpy()
+    loaded = save_and_load(q, tmp_path, fmt)
+    np.testing.assert_array_equal(loaded(x, training=False).numpy(), expected)
+    assert sorted(uniq_tf.get_codebooks(loaded)) == ["fc", "sep", "sep_depthwise"]
+    for key, codebook in uniq_tf.get_codebooks(q).items():
+        np.testing.assert_array_equal(uniq_tf.get_codebooks(loaded)[key].levels, codebook.levels)
+    assert uniq_tf.get_activation_ranges(loaded) == uniq_tf.get_activation_ranges(q)

@@ -1,4 +1,4 @@
-"""Stage changes without retracing (issue 15): GradualQuantization's frozen set lives in
+"""Stage changes without retracing: GradualQuantization's frozen set lives in
 tf.Variables read inside the traced step, so a staged run traces its train function once per
 fit, and frozen kernels and their optimizer slots stay bit-identical, with SGD momentum, Adam,
 decoupled weight decay and L2 regularizers, under mixed_float16, jit_compile and (in a child
@@ -13,14 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_callbacks import count_traces
 
 import uniq_tf
 from uniq_tf._keras import keras, tf
 from uniq_tf.integration.inspection import float_kernel, kernel_wrappers
 from uniq_tf.schedule.gradual import GradualQuantization
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_callbacks import count_traces  # noqa: E402
 
 KERNELS = ["conv1", "conv2", "fc1", "fc2"]
 N_TRAIN, BATCH = 128, 32
