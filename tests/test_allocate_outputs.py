@@ -8,7 +8,7 @@ import pytest
 
 import uniq_tf
 from uniq_tf._keras import keras, tf
-from uniq_tf.cost import allocate
+from uniq_tf.cost import allocate, sensitivity
 
 L = keras.layers
 WEIGHT_BITS = (2, 4, 8)
@@ -60,9 +60,9 @@ def hard_quantized(model, plan, x):
 
 def output_error(model, quantized, x) -> float:
     """The allocation's own measure (summed over outputs), on held-out inputs."""
-    reference = allocate._outputs(model(x, training=False))
-    scorer = allocate._Scorer(model, reference, allocate.output_measures(model), None)
-    return scorer(allocate._outputs(quantized(x, training=False)))
+    reference = sensitivity._outputs(model(x, training=False))
+    scorer = sensitivity._Scorer(model, reference, allocate.output_measures(model), None)
+    return scorer(sensitivity._outputs(quantized(x, training=False)))
 
 
 @pytest.mark.parametrize("build", [regression_mlp, two_heads], ids=["regression", "two-heads"])

@@ -6,8 +6,9 @@ import pytest
 
 import uniq_tf
 from tflite_export import samples as tflite_samples
-from uniq_tf import allocate, inputs
+from uniq_tf import inputs
 from uniq_tf._keras import keras, tf
+from uniq_tf.cost import sensitivity
 
 L = keras.layers
 X = np.random.default_rng(0).uniform(0, 1, (70, 6, 6, 1)).astype("float32")
@@ -56,7 +57,7 @@ def test_calibration_samples_and_sensitivity_batches_agree_across_forms(form):
     reference = uniq_tf.calibrate_activations(q, [X], verbose=False)
     assert ranges == reference
     np.testing.assert_array_equal(tflite_samples.as_samples(forms()[form], q), X)
-    taken = allocate._batches(forms()[form], batches=10)
+    taken = sensitivity.sample_batches(forms()[form], batches=10)
     np.testing.assert_array_equal(np.concatenate([x.numpy() for x, _ in taken]), X)
 
 

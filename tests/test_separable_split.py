@@ -182,16 +182,16 @@ def test_finn_export_of_the_split_layers(tmp_path):
 
 
 def test_allocation_sensitivity_quantizes_both_halves(monkeypatch):
-    from uniq_tf import allocate
+    from uniq_tf.cost import allocate, sensitivity
 
     seen = []
-    original = allocate._hard_kernels
+    original = sensitivity._hard_kernels
 
     def recording(wrapper, *args):
         seen.append(wrapper.layer.name)
         return original(wrapper, *args)
 
-    monkeypatch.setattr(allocate, "_hard_kernels", recording)
+    monkeypatch.setattr(sensitivity, "_hard_kernels", recording)
     model = randomize(functional())
     scores, _, _ = allocate.measure_sensitivity(model, x_batch((9, 9, 3), 8),
                                              {"sep": [(2, 8)], "fc": [(2, None)]}, batches=1)

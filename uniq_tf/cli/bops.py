@@ -111,9 +111,8 @@ dense layer quantized, first and last included), read by the same rules as a qua
 
 ```python
 import uniq_tf
-from uniq_tf.zoo import models
 
-model = models.resnet18((224, 224, 3), 1000)
+model = uniq_tf.models.resnet18((224, 224, 3), 1000)
 report = uniq_tf.summary(model, weight_bits=4, activation_bits=8)  # price a plan, no training
 print(report)                         # the per-layer table below, with totals
 report.total_bops, report.total_bops_simple, report.total_macs   # numbers for scripts
@@ -130,10 +129,10 @@ uniq_tf.plot_tradeoff(                # accuracy vs. BOPs, log scale, Pareto fro
 
 Mixed precision: `layer_bits={{name: (weight_bits, activation_bits)}}` and `skip_layers`, as in
 `quantize_model`. The model input's width is `input_bits` (default 8). The formulas are plain
-functions in `uniq_tf.bops` (`conv_bops`, `conv_macs`, `depthwise_bops`, `dense_bops`,
+functions in `uniq_tf.cost.formulas` (`conv_bops`, `conv_macs`, `depthwise_bops`, `dense_bops`,
 `simple_bops`, `conv_output_length`, `kernel_ops`) for tools that price layers without Keras.
 
-`print(uniq_tf.summary(models.small_cnn(), 4, 8))`:
+`print(uniq_tf.summary(uniq_tf.models.small_cnn(), 4, 8))`:
 
 ```
 {example}

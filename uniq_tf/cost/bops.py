@@ -36,197 +36,38 @@ from dataclasses import dataclass
 from uniq_tf import internals
 from uniq_tf._keras import keras, require_keras2_model, tf
 from uniq_tf.cost.bitwidths import FLOAT_BITS, BitResolver, inner_layer, model_nodes
+from uniq_tf.cost.formulas import (  # noqa: F401  (the formulas, also read from here)
+    FIXED_SHAPE_ADVICE,
+    KernelOp,
+    accumulator_bits,
+    check_bits,
+    conv_bops,
+    conv_fan_in,
+    conv_macs,
+    conv_output_length,
+    dense_bops,
+    dense_macs,
+    depthwise_bops,
+    depthwise_macs,
+    kernel_ops,
+    output_bops,
+    simple_bops,
+)
 from uniq_tf.integration import plan as planning
 from uniq_tf.integration import registry
 from uniq_tf.integration.configs import KernelQuantizeConfig
-from uniq_tf.integration.inspection import is_quantized_model, is_uniq_wrapper, wrappers
+from uniq_tf.integration.inspection import (
+    QuantizedModel,
+    is_quantized_model,
+    is_uniq_wrapper,
+    wrappers,
+)
 from uniq_tf.method.settings import UniqSettings
-from uniq_tf.util import atomic, checks, graph
+from uniq_tf.util import atomic, graph
 
 L = keras.layers
 CODEBOOK_ENTRY_BITS = 32
 
-_FIXED_SHAPE_ADVICE = (
-    "Build the model with a fixed input shape, e.g. keras.Input(shape=(224, 224, 3)) or "
-    "keras.applications.MobileNet(input_shape=(224, 224, 3), weights=None); nested models "
-    "need one too."
-)
-
-
-# --------------------------------------------------------------------------- pure formulas
-
-
-_positive_int = checks.check_positive_int
-
-
-def accumulator_bits(fan_in: int, b_w: int, b_a: int) -> float:
-    """b_o = b_a + b_w + log2(fan_in): the width of a sum of ``fan_in`` b_a x b_w products."""
-    return b_a + b_w + math.log2(_positive_int(fan_in, "fan_in"))
-
-
-def output_bops(fan_in: int, b_w: int, b_a: int) -> float:
-    """BOPs of one output element: fan_in * (b_a b_w + b_o)."""
-    return fan_in * (b_a * b_w + accumulator_bits(fan_in, b_w, b_a))
-
-
-def conv_fan_in(n: int, k_h: int, k_w: int, groups: int = 1) -> int:
-    """Products summed into one output of a conv with n input channels: n k_h k_w / groups."""
-    n, groups = _positive_int(n, "n"), _positive_int(groups, "groups")
-    if n % groups:
-        raise ValueError(f"input channels n={n} are not divisible by groups={groups}")
-    return n // groups * _positive_int(k_h, "k_h") * _positive_int(k_w, "k_w")
-
-
-def conv_macs(m: int, n: int, k_h: int, k_w: int, out_positions: int, groups: int = 1) -> int:
-    """Multiply-accumulates of a conv: m * (n / groups) * k_h * k_w * out_positions."""
-    m, groups = _positive_int(m, "m"), _positive_int(groups, "groups")
-    if m % groups:
-        raise ValueError(f"output channels m={m} are not divisible by groups={groups}")
-    return m * conv_fan_in(n, k_h, k_w, groups) * _positive_int(out_positions, "out_positions")
-
-
-def conv_bops(
-    m: int, n: int, k_h: int, k_w: int, b_w: int, b_a: int, out_positions: int, groups: int = 1
-) -> float:
-    """The paper's BOPs of a conv: m P f (b_a b_w + b_a + b_w + log2 f), f = n k_h k_w / groups.
-
-    m output channels, n input channels, P = ``out_positions`` (output height x width, already
-    reflecting strides, padding and dilation).
-    """
-    fan_in = conv_fan_in(n, k_h, k_w, groups)
-    elements = conv_macs(m, n, k_h, k_w, out_positions, groups) // fan_in
-    return elements * output_bops(fan_in, _bits(b_w, "b_w"), _bits(b_a, "b_a"))
-
-
-def depthwise_macs(
-    channels: int, k_h: int, k_w: int, out_positions: int, multiplier: int = 1
-) -> int:
-    """Depthwise conv: m = channels * multiplier outputs, each over k_h k_w inputs (n = 1)."""
-    m = _positive_int(channels, "channels") * _positive_int(multiplier, "multiplier")
-    return conv_macs(m, channels, k_h, k_w, out_positions, groups=channels)
-
-
-def depthwise_bops(
-    channels: int, k_h: int, k_w: int, b_w: int, b_a: int, out_positions: int,
-    multiplier: int = 1,
-) -> float:
-    m = _positive_int(channels, "channels") * _positive_int(multiplier, "multiplier")
-    return conv_bops(m, channels, k_h, k_w, b_w, b_a, out_positions, groups=channels)
-
-
-def dense_macs(n_in: int, n_out: int, positions: int = 1) -> int:
-    """Dense layer: n_in * n_out per position (a conv with k = 1)."""
-    return conv_macs(n_out, n_in, 1, 1, positions)
-
-
-def dense_bops(n_in: int, n_out: int, b_w: int, b_a: int, positions: int = 1) -> float:
-    return conv_bops(n_out, n_in, 1, 1, b_w, b_a, positions)
-
-
-def simple_bops(macs: int, b_w: int, b_a: int) -> int:
-    """MACs * b_w * b_a, the count qonnx.util.inference_cost reports as total_bops."""
-    return int(macs) * _bits(b_w, "b_w") * _bits(b_a, "b_a")
-
-
-def conv_output_length(
-    length: int, kernel: int, stride: int = 1, padding: str = "valid", dilation: int = 1
-) -> int:
-    """Output length of a conv/pool along one axis (Keras' padding semantics)."""
-    length = _positive_int(length, "length")
-    span = (_positive_int(kernel, "kernel") - 1) * _positive_int(dilation, "dilation") + 1
-    stride = _positive_int(stride, "stride")
-    if padding in ("same", "causal"):
-        return -(-length // stride)
-    if padding == "valid":
-        return max(0, -(-(length - span + 1) // stride))
-    raise ValueError(f"padding must be 'valid', 'same' or 'causal', got {padding!r}")
-
-
-def _bits(value, what: str) -> int:
-    return checks.check_int(value, what, 1, FLOAT_BITS)
-
-
-@dataclass(frozen=True)
-class KernelOp:
-    """One multiply-accumulate stage of a layer (SeparableConv2D has two): m * positions
-    outputs, each a sum of (n / groups) k_h k_w products of b_a-bit and b_w-bit operands."""
-
-    part: str
-    m: int
-    n: int
-    k_h: int
-    k_w: int
-    groups: int
-    positions: int
-    b_w: int
-    b_a: int
-
-    @property
-    def macs(self) -> int:
-        return conv_macs(self.m, self.n, self.k_h, self.k_w, self.positions, self.groups)
-
-    @property
-    def bops(self) -> float:
-        return conv_bops(
-            self.m, self.n, self.k_h, self.k_w, self.b_w, self.b_a, self.positions, self.groups
-        )
-
-    @property
-    def bops_simple(self) -> int:
-        return simple_bops(self.macs, self.b_w, self.b_a)
-
-    def to_dict(self) -> dict:
-        return {
-            "part": self.part, "m": self.m, "n": self.n, "k_h": self.k_h, "k_w": self.k_w,
-            "groups": self.groups, "positions": self.positions, "weight_bits": self.b_w,
-            "activation_bits": self.b_a, "macs": self.macs, "bops": self.bops,
-            "bops_simple": self.bops_simple,
-        }
-
-
-def kernel_ops(
-    layer, output_shape, weight_bits: Mapping[str, int], b_a: int, intermediate_bits: int
-) -> list[KernelOp]:
-    """The multiply-accumulate stages of a built Conv1D/Conv2D/DepthwiseConv2D/
-    SeparableConv2D/Dense ``layer`` whose output has ``output_shape`` (batch axis first).
-
-    ``weight_bits`` maps kernel attributes to b_w; ``b_a`` is the input's width and
-    ``intermediate_bits`` the width of SeparableConv2D's depthwise output, which feeds its
-    pointwise stage.
-    """
-    dims = list(output_shape)[1:]
-    if any(d is None for d in dims):
-        raise ValueError(
-            f"Layer {layer.name!r} ({type(layer).__name__}) has output shape "
-            f"{tuple(output_shape)} with unknown dimensions, so its MACs and BOPs cannot be "
-            f"counted. {_FIXED_SHAPE_ADVICE}"
-        )
-    channels_first = getattr(layer, "data_format", "channels_last") == "channels_first"
-    positions = math.prod(dims[1:] if channels_first else dims[:-1])
-    if isinstance(layer, L.SeparableConv2D):
-        k_h, k_w, cin, mult = layer.depthwise_kernel.shape
-        cout = layer.pointwise_kernel.shape[-1]
-        return [
-            KernelOp("depthwise_kernel", cin * mult, cin, k_h, k_w, cin, positions,
-                     weight_bits["depthwise_kernel"], b_a),
-            KernelOp("pointwise_kernel", cout, cin * mult, 1, 1, 1, positions,
-                     weight_bits["pointwise_kernel"], intermediate_bits),
-        ]
-    if isinstance(layer, L.DepthwiseConv2D):
-        k_h, k_w, cin, mult = layer.depthwise_kernel.shape
-        return [KernelOp("depthwise_kernel", cin * mult, cin, k_h, k_w, cin, positions,
-                         weight_bits["depthwise_kernel"], b_a)]
-    if isinstance(layer, (L.Conv1D, L.Conv2D)):
-        shape = tuple(layer.kernel.shape)  # (k_h, [k_w,] n / groups, m)
-        k_h, k_w = shape[0], shape[1] if len(shape) == 4 else 1
-        groups = getattr(layer, "groups", 1)
-        return [KernelOp("kernel", shape[-1], shape[-2] * groups, k_h, k_w, groups, positions,
-                         weight_bits["kernel"], b_a)]
-    if isinstance(layer, L.Dense):
-        n_in, n_out = layer.kernel.shape
-        return [KernelOp("kernel", n_out, n_in, 1, 1, 1, math.prod(dims[:-1]),
-                         weight_bits["kernel"], b_a)]
-    raise TypeError(f"Layer {layer.name!r}: no BOPs formula for {type(layer).__name__}")
 
 
 # --------------------------------------------------------------------------- the report
@@ -337,7 +178,8 @@ def summary(
     layer's activation width is found. ``print(report)`` shows the table.
 
     Args:
-        model: a built tf_keras Sequential/Functional model with a fixed input shape.
+        model: a built tf_keras Sequential/Functional model with a fixed input shape, or a
+            ``uniq_tf.QuantizedModel`` (read once, as the exporters read it).
         input_bits: the width of the model input (8 for image data), 1..32.
         weight_bits, activation_bits, layer_bits, skip_layers, per_channel: a float model's
             plan, as for ``uniq_tf.quantize_model`` (not allowed for a quantized model).
@@ -354,14 +196,15 @@ def summary(
         ValueError: the model has no graph with known shapes, holds another library's quantize
             wrappers, is quantized and bit arguments were given, or an argument is invalid.
     """
-    model = require_keras2_model(model)
+    quantized = model if isinstance(model, QuantizedModel) else None
+    model = require_keras2_model(model.model if quantized else model)
     _check_priceable(model, f"model {model.name!r}")
-    input_bits = _bits(input_bits, "input_bits")
+    input_bits = check_bits(input_bits, "input_bits")
     spec_given = (
         weight_bits is not None or activation_bits is not None or layer_bits is not None
         or bool(skip_layers) or per_channel
     )
-    found = wrappers(model)
+    found = quantized.wrappers if quantized else wrappers(model)
     foreign = [w.name for w in found if not is_uniq_wrapper(w)]
     if foreign:
         raise ValueError(
@@ -377,7 +220,7 @@ def summary(
                 "its quantizers. Bit arguments (weight_bits, activation_bits, layer_bits, "
                 "skip_layers, per_channel) apply to float models only."
             )
-        configs = {w.name: w.quantize_config for w in found}
+        configs = quantized.configs if quantized else {w.name: w.quantize_config for w in found}
     elif spec_given:
         configs = _plan(model, weight_bits, activation_bits, layer_bits, skip_layers, per_channel)
     else:
@@ -393,7 +236,7 @@ def _check_priceable(model, where: str) -> None:
             raise ValueError(
                 f"{name} ({type(each).__name__}) has no graph with known shapes: it is "
                 f"{'not built' if not each.built else 'subclassed or built without an Input'}. "
-                f"BOPs need every layer's output shape. {_FIXED_SHAPE_ADVICE}"
+                f"BOPs need every layer's output shape. {FIXED_SHAPE_ADVICE}"
             )
 
 
