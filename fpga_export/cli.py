@@ -212,9 +212,8 @@ def main(argv) -> None:
 def _define_flags():
     from absl import flags
 
-    flags.DEFINE_string("model", None, "Quantized model (.h5) written by uniq-train.")
-    flags.DEFINE_string("output_dir", "outputs/fpga", "Where the bundle and summary.json go.")
-    export_data.define_flags()
+    export_data.define_flags(output_dir="outputs/fpga", checked_in="qonnx")
+    flags.adopt_module_key_flags(export_data)  # --helpshort lists them with the rest
     flags.DEFINE_string("input_shape", None, "height,width,channels for a dynamic-shape model.")
     flags.DEFINE_string("weight_grid_bits", None, "Integer grid width B for every layer, "
                         "'auto' (per layer, by measured agreement with the Keras model on "
@@ -230,9 +229,6 @@ def _define_flags():
     flags.DEFINE_float("target_fps", None, "Frames/s the folding config aims at.")
     flags.DEFINE_string("board", None, "FINN board (default Pynq-Z1).")
     flags.DEFINE_bool("overwrite", False, "Replace an existing bundle.")
-    flags.DEFINE_bool("check", True, "Check the bundle against the Keras model before writing "
-                      "it (--nocheck writes it unchecked).")
-    flags.mark_flag_as_required("model")
 
 
 def console() -> None:

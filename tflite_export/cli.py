@@ -138,17 +138,13 @@ def main(argv) -> None:
 def _define_flags():
     from absl import flags
 
-    flags.DEFINE_string("model", None, "Quantized model (.h5) written by uniq-train.")
-    flags.DEFINE_string("output_dir", "outputs/tflite", "Where the exports go.")
-    export_data.define_flags()
+    export_data.define_flags(output_dir="outputs/tflite", checked_in="LiteRT")
+    flags.adopt_module_key_flags(export_data)  # --helpshort lists them with the rest
     flags.DEFINE_integer("calibration_samples", CALIBRATION_SAMPLES,
                          "Representative samples for int8 calibration.")
     flags.DEFINE_bool("int8_io", True, "int8 model input and output in the int8 file.")
     flags.DEFINE_enum("ranges", "learned", ["learned", "calibrated"],
                       "int8 activation ranges: the QAT model's learned ones, or calibration.")
-    flags.DEFINE_bool("check", True, "Check every file in LiteRT against the Keras model "
-                      "before writing it (--nocheck writes them unchecked).")
-    flags.mark_flag_as_required("model")
 
 
 def console() -> None:

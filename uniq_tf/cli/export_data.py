@@ -1,6 +1,7 @@
 """The data the export commands calibrate, check and choose grids on, as ``uniq-train`` read it.
 
-``uniq-export-tflite`` and ``uniq-export-finn`` take the same data flags (:func:`define_flags`):
+``uniq-export-tflite`` and ``uniq-export-finn`` take the same flags (:func:`define_flags`): the
+model, the output folder, the check, and the data:
 
 - ``--dataset``: ``digits`` (scikit-learn's, bundled), a tensorflow-datasets name ``uniq-train``
   knows (``cifar10``, ``imagenette[/<config>]``, ``imagenet2012``; read from ``--data_dir``,
@@ -53,10 +54,18 @@ class ExportData:
     source: str
 
 
-def define_flags() -> None:
-    """The data flags of both export commands."""
+def define_flags(output_dir: str, checked_in: str) -> None:
+    """The flags both export commands share: the model, where it goes, its data, the check.
+
+    output_dir: the command's default output folder. checked_in: what runs the check (words).
+    """
     from absl import flags
 
+    flags.DEFINE_string("model", None, "Quantized model (.h5) written by uniq-train.")
+    flags.DEFINE_string("output_dir", output_dir, "Where the exports and summary.json go.")
+    flags.DEFINE_bool("check", True, f"Check the export in {checked_in} against the Keras "
+                      "model before writing it (--nocheck writes it unchecked).")
+    flags.mark_flag_as_required("model")
     flags.DEFINE_string(
         "dataset", "digits",
         f"Data to calibrate and check on: {', '.join(data.DATASETS)} (tensorflow-datasets, "
@@ -172,7 +181,8 @@ def load(dataset: str, model, model_path: str, data_dir: str | None = None,
         x = np.random.default_rng(0).uniform(*input_range, (min(samples, RANDOM_SAMPLES),
                                                              *shape)).astype(np.float32)
         return ExportData("none", None, x, None, input_range, None,
-                          f"{len(x)} random inputs, uniform in {list(input_range)}")
+                          f"{len(x)} random inputs, uniform in [{input_range[0]:g}, "
+                          f"{input_range[1]:g}]")
     if dataset.endswith((".npy", ".npz")):
         x, y = _from_file(dataset)
         check_shape(model, x, f"--dataset={dataset}")
