@@ -194,7 +194,7 @@ def _run(args, mode: str, only: list[str], output_dir: str) -> dict:
     return run_info
 
 
-# Sections of benchmarks that run by hand (bench/allocation.py, bench/pipeline.py; bench/fpga.py
+# Sections of benchmarks that run by hand (bench/allocation.py, bench/pipeline.py; bench/fpga/
 # needs FINN's own environment): a full run keeps them as they are in the page it replaces.
 HAND_RUN_SECTIONS = ("allocation", "fpga", "stage_change", "pipeline")
 

@@ -2,9 +2,9 @@
 
 Needs FINN, which lives in its own virtual environment (not the project's .venv, never CI):
 
-    python3 -m venv /work/finn-venv
-    /work/finn-venv/bin/pip install finn-plus psutil
-    /work/finn-venv/bin/python examples/finn_estimate.py --bundle=outputs/fpga/finn_bundle
+    python3 -m venv finn-venv          # outside the repository
+    finn-venv/bin/pip install finn-plus psutil
+    finn-venv/bin/python examples/finn_estimate.py --bundle=outputs/fpga/finn_bundle
 
 (Seen with finn-plus 1.6.1: about 6 GB, pip settles on torch 2.12.1 even with a CPU torch
 2.13.0 installed first, and finn-plus imports psutil without requiring it.)

@@ -391,7 +391,7 @@ MVAU; LUT/BRAM_18K are FINN's estimates (DSP 0: the HLS MVAUs use LUTs):
 | 10,000 | 10 | 535 / 1 | 18,533 / 36 | 9,416 / 36 | 523 / 1 | 30,932 / 74 | 10,434 |
 | 10,000 | 8 | 504 / 1 | 16,316 / 29 | 8,308 / 29 | 503 / 1 | 27,556 / 60 | 10,434 |
 
-With narrower grids (`bench/fpga.py`, another training run of the same model, 99.1-99.3 % test
+With narrower grids (`bench/fpga/`, another training run of the same model, 99.1-99.3 % test
 accuracy in Keras and ONNX alike): at 1,000 fps, B = 10 takes 6,006 LUT / 40 BRAM_18K,
 `weight_grid_bits="auto"` (B = 6/5/4/4) 4,933 / 22, and grid-aware fine-tuning at B = 5
 (`uniq_tf.set_grid_bits`) 5,143 / 22; at 10,000 fps 30,932 / 74, 20,721 / 35 and 22,981 / 38.

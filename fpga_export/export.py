@@ -366,7 +366,7 @@ def export_finn(
         codebooks: codebook key -> ``uniq_tf.Codebook`` to export instead of the model's own
             (``uniq_tf.get_codebooks(model)``), same keys and kernel shapes: for a model whose
             weights another quantizer put on a grid, e.g. a uniform b-bit model moved into a
-            UNIQ-quantized model of the same architecture (bench/fpga.py's baseline).
+            UNIQ-quantized model of the same architecture (the baseline of bench/fpga).
 
     Returns:
         FinnExport: the bundle directory and its descriptor. The descriptor says per layer

@@ -225,9 +225,10 @@ def test_given_codebooks_replace_the_models(tmp_path):
 
 @pytest.mark.parametrize("bits", [2, 4])
 def test_uniform_baseline_exports_what_tfmot_computes(bits, tmp_path):
-    """bench/fpga.py's uniform baseline: a TFMOT uniform QAT model moved into a UNIQ layout
+    """bench/fpga's uniform baseline: a TFMOT uniform QAT model moved into a UNIQ layout
     exports at B = b (b + 1 for the 2-bit full range), its logits TFMOT's own."""
-    from bench import fpga, peers
+    from bench import peers
+    from bench.fpga import train
 
     inp = keras.Input((6, 6, 1))
     h = keras.layers.ReLU(name="relu")(keras.layers.Conv2D(8, 3, name="conv")(inp))
@@ -236,7 +237,7 @@ def test_uniform_baseline_exports_what_tfmot_computes(bits, tmp_path):
     uniform = peers.uniform_qat(float_model, bits, 8)
     peers.set_uniform_ranges(uniform)
     uniq_tf.calibrate_activations(uniform, [x], verbose=False)
-    layout, codebooks = fpga.uniq_layout(uniform, float_model, bits)
+    layout, codebooks = train.uniq_layout(uniform, float_model, bits)
     for key, codebook in codebooks.items():  # TFMOT's quantized kernel, on its own grid
         (kernel,) = [w for w in layout.weights if w.name == f"{key}/kernel:0"]
         np.testing.assert_allclose(codebook.dequantize(), kernel.numpy(), atol=1e-6)
