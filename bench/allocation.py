@@ -3,7 +3,7 @@ same BOPs.
 
 For each model and seed, one float model; for each budget equal to a uniform plan's BOPs
 (W2A8, W3A8, W4A4), two runs start from it with the same staged UNIQ fine-tune (the low-bit
-suite's "short" schedule, clipped noise and a polish epoch per stage, one learning rate):
+suite's "short" schedule with the library's defaults, one learning rate):
 the uniform plan, and the plan ``allocate_bits`` chooses within the budget among weight bits
 (2, 3, 4, 8) x activation bits (4, 8), its sensitivity measured on the first 4 training
 batches of the seed. Data and protocol are the low-bit suite's (``bench/lowbit.py``): seed s
@@ -31,23 +31,22 @@ from pathlib import Path
 import numpy as np
 
 import uniq_tf
-from bench import common, lowbit
+from bench import common, lowbit_data, lowbit_methods
 from uniq_tf._keras import keras, tf
 from uniq_tf.schedule.gradual import GradualQuantization
 from uniq_tf.zoo import models
 
 ROOT = Path(__file__).resolve().parents[1]
 
-MODELS = {"small_cnn": models.small_cnn, "tiny_cnn": lowbit.tiny_cnn,
-          "narrow_resnet": lowbit.narrow_resnet}
+MODELS = {"small_cnn": models.small_cnn, "tiny_cnn": lowbit_data.tiny_cnn,
+          "narrow_resnet": lowbit_data.narrow_resnet}
 BUDGETS = ((2, 8), (3, 8), (4, 4))  # uniform plans whose BOPs are the budgets
 WEIGHT_BITS = (2, 3, 4, 8)
 ACTIVATION_BITS = (4, 8)
 SEEDS = (0, 1, 2)
 FLOAT_EPOCHS = 30
 RATE = 3e-4
-NOISE, POLISH = "clipped", 1
-SCHEDULE = lowbit.SCHEDULES["short"]
+SCHEDULE = lowbit_methods.SCHEDULES["short"]
 SENSITIVITY_BATCHES = 4
 SECTION_START, SECTION_END = common.section_markers("allocation")
 
@@ -55,14 +54,14 @@ SECTION_START, SECTION_END = common.section_markers("allocation")
 def float_model(name: str, seed: int, float_dir: str, epochs: int):
     """The float model of (``name``, ``seed``), trained once on the seed's folds and saved
     (the low-bit suite's float training)."""
-    return lowbit.float_model(name, seed, float_dir, epochs, models=MODELS)
+    return lowbit_data.float_model(name, seed, float_dir, epochs, models=MODELS)
 
 
 def allocate(float_, seed: int, max_bops: float):
     """allocate_bits on the first training batches of ``seed``: (plan, report)."""
-    x, y, _, _ = lowbit.folds(seed)
+    x, y, _, _ = lowbit_data.folds(seed)
     return uniq_tf.allocate_bits(
-        float_, lowbit.train_dataset(x, y, seed), max_bops=max_bops, weight_bits=WEIGHT_BITS,
+        float_, lowbit_data.train_dataset(x, y, seed), max_bops=max_bops, weight_bits=WEIGHT_BITS,
         activation_bits=ACTIVATION_BITS, batches=SENSITIVITY_BATCHES)
 
 
@@ -70,18 +69,19 @@ def fine_tune(float_, seed: int, uniform: tuple[int, int], plan: dict | None) ->
     """The staged UNIQ fine-tune of ``plan`` (or of the uniform pair when None) from
     ``float_``; test accuracy and cross-entropy with every quantizer on, and the BOPs."""
     common.set_seed(seed)
-    x, y, xt, yt = lowbit.folds(seed)
-    train = lowbit.train_dataset(x, y, seed)
-    model = uniq_tf.quantize_model(float_, *uniform, layer_bits=plan, noise=NOISE)
+    x, y, xt, yt = lowbit_data.folds(seed)
+    train = lowbit_data.train_dataset(x, y, seed)
+    model = uniq_tf.quantize_model(float_, *uniform, layer_bits=plan)  # the defaults
     uniq_tf.calibrate_activations(model, train, steps=10, verbose=False)
     stages = len(GradualQuantization("layer").plan(model))
     epochs = SCHEDULE.epochs(stages)
-    lowbit.compile_model(model, SCHEDULE.optimizer_for(RATE, int(np.ceil(len(x) / 64)), epochs))
-    model.fit(train, epochs=epochs, verbose=0, callbacks=[SCHEDULE.callback(POLISH, "layer")])
+    steps = int(np.ceil(len(x) / 64))
+    lowbit_data.compile_model(model, SCHEDULE.optimizer_for(RATE, steps, epochs))
+    model.fit(train, epochs=epochs, verbose=0, callbacks=[SCHEDULE.callback(None, "layer")])
     uniq_tf.set_weight_mode(model, uniq_tf.Mode.QUANTIZED)
     uniq_tf.set_activation_mode(model, uniq_tf.ActMode.QUANTIZED)
     return {"epochs": epochs, "bops": uniq_tf.summary(model).total_bops,
-            **lowbit.evaluate(model, lowbit.test_dataset(xt, yt))}
+            **lowbit_data.evaluate(model, lowbit_data.test_dataset(xt, yt))}
 
 
 def run_model(name: str, seeds, budgets, float_dir: str, float_epochs: int,
@@ -102,6 +102,7 @@ def run_model(name: str, seeds, budgets, float_dir: str, float_epochs: int,
                     "method": method, "float_accuracy": metrics["accuracy"], **result,
                     "plan": {k: list(v) for k, v in plan.items()} if layer_bits else None,
                     "allocation_seconds": report.seconds if layer_bits else None,
+                    "measures": report.measures,
                     "seconds": round(time.perf_counter() - start, 1),
                 })
                 progress(f"{name} seed {seed} W{w}A{a} budget, {method}: "
@@ -131,7 +132,7 @@ def resnet20_allocation_seconds(repeats: int = 1) -> dict:
 
 def paired(runs: list[dict]) -> tuple[float, float, int]:
     """(mean of allocated - uniform in points, half-width of its 95 % t interval, seeds)."""
-    return lowbit.paired(runs, "allocated", "uniform")
+    return common.paired(runs, "allocated", "uniform")
 
 
 def summary(results: dict) -> list[dict]:
@@ -226,11 +227,12 @@ def section(results: dict, image_dir: str = "img") -> str:
         f"{machine['cpu']}, load average {machine['load_average'][0]:.1f} at the end: this run "
         "and other jobs sharing the machine). Budgets are the BOPs of the uniform "
         "W2A8, W3A8 and W4A4 plans; `uniq_tf.allocate_bits` chooses per-layer bits among "
-        f"weights {WEIGHT_BITS} x activations {ACTIVATION_BITS} (KL sensitivity on "
-        f"{SENSITIVITY_BATCHES} training batches), and both plans get the same staged UNIQ "
-        f"fine-tune (low-bit suite protocol: {len(results['seeds'])} seeds = folds of the "
-        "digits, 9 shifts per test image; short schedule, clipped noise, one polish epoch per "
-        f"stage, learning rate {RATE:g}). Accuracy mean ± std over the seeds; the difference "
+        f"weights {WEIGHT_BITS} x activations {ACTIVATION_BITS} (sensitivity: "
+        f"{_measures(results)}, on {SENSITIVITY_BATCHES} training batches), and both plans get "
+        f"the same staged UNIQ fine-tune (low-bit suite protocol: {len(results['seeds'])} "
+        "seeds = folds of the digits, 9 shifts per test image; short schedule, the library's "
+        f"default noise and polish, learning rate {RATE:g}). Accuracy mean ± std over the "
+        "seeds; the difference "
         "is paired by seed with its 95 % t interval (▲ / ▼: the interval excludes 0).\n",
         table(results),
         f"Allocation time of ResNet-20 ({timing['layers']} kernel layers, 4 batches of 64 "
@@ -246,8 +248,15 @@ def section(results: dict, image_dir: str = "img") -> str:
     return "\n".join(parts) + "\n"
 
 
+def _measures(results: dict) -> str:
+    """The sensitivity measures the allocations used (``AllocationReport.measures``)."""
+    found = sorted({f"{m['measure']} ({m['why']})" for r in results["runs"]
+                    for m in r.get("measures") or []})
+    return "; ".join(found) or "not recorded"
+
+
 def _targets(results: dict) -> str:
-    """The issue's target, allocated at or above uniform, per row of the table."""
+    """The target, allocated at or above uniform, per row of the table."""
     rows = results["summary"]
     met = [e for e in rows if e["diff"] >= 0]
     above = [e for e in rows if e["diff"] - e["ci_half"] > 0]

@@ -64,6 +64,21 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(values), std
 
 
+def paired(runs: list[dict], method: str, against: str, key: str = "accuracy"):
+    """(mean difference, half-width of its 95 % t interval, n) of ``method`` minus
+    ``against`` over the seeds both have, in points (x100)."""
+    a = {r["seed"]: r[key] for r in runs if r["method"] == method}
+    b = {r["seed"]: r[key] for r in runs if r["method"] == against}
+    seeds = sorted(set(a) & set(b))
+    d = np.array([100 * (a[s] - b[s]) for s in seeds])
+    if len(d) < 2:
+        return (float(d.mean()) if len(d) else float("nan")), float("nan"), len(d)
+    from scipy.stats import t
+
+    half = float(t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d)))
+    return float(d.mean()), half, len(d)
+
+
 def interleaved_times(
     variants: Mapping[str, Callable[[], object]],
     rounds: int,
@@ -181,3 +196,17 @@ def si(value: float, unit: str = "") -> str:
         if abs(value) >= factor:
             return f"{value / factor:.3g} {prefix}{unit}"
     return f"{value:.3g} {unit}".rstrip()
+
+
+def count_traces(model) -> list:
+    """A one-element list counting ``model``'s train-step traces (the Python of train_step runs
+    only while tracing); the tests of the schedule read it too."""
+    counter = [0]
+    step = model.train_step
+
+    def counting_train_step(data):
+        counter[0] += 1
+        return step(data)
+
+    model.train_step = counting_train_step
+    return counter

@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from bench import lowbit
+from bench import lowbit_data, lowbit_report
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_every_digit_is_tested_exactly_once_over_five_consecutive_seeds():
     tested = []
-    for seed in range(lowbit.FOLDS):
-        x, y, xt, yt = lowbit.folds(seed)
+    for seed in range(lowbit_data.FOLDS):
+        x, y, xt, yt = lowbit_data.folds(seed)
         assert len(x) + len(xt) == 1797
         # No test image among the training images of its seed.
         train_rows = {row.tobytes() for row in x}
@@ -27,19 +27,19 @@ def test_every_digit_is_tested_exactly_once_over_five_consecutive_seeds():
     all_tested = np.concatenate(tested)
     assert len(all_tested) == 1797
     # Seed s + 5 repeats the folds of seed s (with its own float model and data order).
-    np.testing.assert_array_equal(lowbit.folds(7)[3], lowbit.folds(2)[3])
-    x_val, _, xv, _ = lowbit.folds(0, validation=True)
-    x_train = {row.tobytes() for row in lowbit.folds(0)[0]}
+    np.testing.assert_array_equal(lowbit_data.folds(7)[3], lowbit_data.folds(2)[3])
+    x_val, _, xv, _ = lowbit_data.folds(0, validation=True)
+    x_train = {row.tobytes() for row in lowbit_data.folds(0)[0]}
     assert all(row.tobytes() in x_train for row in np.concatenate([x_val, xv]))
 
 
 def test_shifted_test_set_has_nine_shifts_and_a_resolution_below_005_points():
-    _, _, xt, _ = lowbit.folds(0)
-    shifted = lowbit.shifted(xt)
+    _, _, xt, _ = lowbit_data.folds(0)
+    shifted = lowbit_data.shifted(xt)
     assert shifted.shape == (9 * len(xt),) + xt.shape[1:]
-    centre = lowbit.SHIFTS.index((0, 0))
+    centre = lowbit_data.SHIFTS.index((0, 0))
     np.testing.assert_array_equal(shifted[centre * len(xt):(centre + 1) * len(xt)], xt)
-    right = lowbit.SHIFTS.index((0, 1))
+    right = lowbit_data.SHIFTS.index((0, 1))
     np.testing.assert_array_equal(shifted[right * len(xt), :, :-1], xt[0, :, 1:])
     assert 100 / len(shifted) < 0.05
 
@@ -49,7 +49,7 @@ def test_paired_difference_and_interval_match_a_paired_t_test():
     a, b = rng.uniform(0.8, 0.9, 5), rng.uniform(0.8, 0.9, 5)
     runs = [{"method": "x", "seed": s, "accuracy": a[s]} for s in range(5)]
     runs += [{"method": "y", "seed": s, "accuracy": b[s]} for s in range(5)]
-    mean, half, n = lowbit.paired(runs, "x", "y")
+    mean, half, n = lowbit_report.paired(runs, "x", "y")
     d = 100 * (a - b)
     assert n == 5 and mean == pytest.approx(d.mean())
     interval = stats.ttest_rel(100 * a, 100 * b).confidence_interval(0.95)
@@ -58,10 +58,11 @@ def test_paired_difference_and_interval_match_a_paired_t_test():
 
 def test_splice_replaces_the_section_and_keeps_the_rest():
     page = "# Benchmarks\n\n## 3. Deploy\n\nx\n\n## Findings\n\ny\n"
-    first = lowbit.splice(page, f"{lowbit.SECTION_START}\nOLD\n{lowbit.SECTION_END}\n")
+    start, end = lowbit_report.SECTION_START, lowbit_report.SECTION_END
+    first = lowbit_report.splice(page, f"{start}\nOLD\n{end}\n")
     assert first.index("OLD") < first.index("## Findings") and "x" in first and "y" in first
-    second = lowbit.splice(first, f"{lowbit.SECTION_START}\nNEW\n{lowbit.SECTION_END}\n")
-    assert "OLD" not in second and second.count(lowbit.SECTION_START) == 1
+    second = lowbit_report.splice(first, f"{start}\nNEW\n{end}\n")
+    assert "OLD" not in second and second.count(start) == 1
     assert second.replace("NEW", "OLD") == first
 
 

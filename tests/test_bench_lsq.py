@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow_model_optimization as tfmot
 
-from bench import lowbit, lsq, peers
+from bench import lowbit, lowbit_data, lowbit_methods, lsq, peers
 from uniq_tf._keras import keras, tf
 
 
@@ -126,7 +126,7 @@ def _steps(model):
 
 
 def test_lsq_model_quantizes_where_uniform_qat_does_and_leaves_the_float_model():
-    float_ = lowbit.tiny_cnn()
+    float_ = lowbit_data.tiny_cnn()
     before = [w.copy() for w in float_.get_weights()]
     model = lsq.lsq_model(float_, 2, 8)
     uniform = peers.uniform_qat(float_, 2, 8)
@@ -145,11 +145,11 @@ def test_lsq_model_quantizes_where_uniform_qat_does_and_leaves_the_float_model()
 
 def test_steps_learn_in_fit_and_stay_finite():
     keras.utils.set_random_seed(0)
-    model = lsq.lsq_model(lowbit.tiny_cnn(), 2, 4)
+    model = lsq.lsq_model(lowbit_data.tiny_cnn(), 2, 4)
     x, y = _tiny_data()
     model(x[:1], training=False)  # weight steps initialize on the first call
     initial = _steps(model)
-    lowbit.compile_model(model, keras.optimizers.Adam(1e-2))
+    lowbit_data.compile_model(model, keras.optimizers.Adam(1e-2))
     model.fit(x, y, batch_size=16, epochs=2, verbose=0)
     trained = _steps(model)
     for name, value in trained.items():
@@ -169,9 +169,9 @@ def test_configs_and_quantizers_round_trip_their_config_and_a_model_its_steps(tm
     with pytest.raises(ValueError, match="2..16"):
         lsq.LsqWeightQuantizer(1)
 
-    model = lsq.lsq_model(lowbit.tiny_cnn(), 2, 4)
+    model = lsq.lsq_model(lowbit_data.tiny_cnn(), 2, 4)
     x, y = _tiny_data(16)
-    lowbit.compile_model(model, keras.optimizers.Adam(1e-2))
+    lowbit_data.compile_model(model, keras.optimizers.Adam(1e-2))
     model.fit(x, y, batch_size=8, epochs=1, verbose=0)
     model.save(tmp_path / "lsq.h5")
     with tfmot.quantization.keras.quantize_scope():
@@ -184,8 +184,8 @@ def test_configs_and_quantizers_round_trip_their_config_and_a_model_its_steps(tm
 
 
 def test_the_low_bit_suite_runs_lsq_per_tensor_on_every_schedule():
-    assert "lsq" in lowbit.METHODS and "lsq" in lowbit.FINE_TUNED
-    assert "lsq" in lowbit.MAIN_METHODS
-    model = lowbit.build("lsq", lowbit.tiny_cnn(), 2, 8)
+    assert "lsq" in lowbit_methods.METHODS and "lsq" in lowbit_methods.FINE_TUNED
+    assert "lsq" in lowbit.MAIN_METHODS  # the grid the suite runs
+    model = lowbit_methods.build("lsq", lowbit_data.tiny_cnn(), 2, 8)
     steps = _steps(model)
     assert len(steps) == 5 and all(v.shape == () for v in steps.values())
