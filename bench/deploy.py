@@ -5,8 +5,9 @@ pipeline), then exported with ``tflite_export``: float TFLite (codebook weights)
 int8 TFLite and the packed b-bit format. Reported:
 
 - sizes, raw and gzipped (``tflite_export.size_report``): float32 weights, float TFLite, int8
-  TFLite, packed; int8 / float TFLite, and the packed index bytes over the float32 kernel
-  bytes against the b/32 limit;
+  TFLite, packed; int8 / float TFLite, and the packed file's bytes on disk over b/32 of the
+  float32 weight bytes (``PackedReport.file_ratio``: 1 would be b bits per weight and nothing
+  else);
 - latency: one LiteRT interpreter per file (1 thread, batch 1, default delegates), invoked in
   interleaved rounds (``bench.common.interleaved_times``); median per file, int8 / float.
 
@@ -145,9 +146,9 @@ def measure(spec: DeployModel, config: DeployConfig, folder: str, progress=print
         "float_tflite_max_abs_diff": float_report.max_abs_diff,
         "sizes": rows,
         "int8_over_float_tflite": int8_report.size_bytes / float_report.size_bytes,
-        "packed_index_ratio": packed.index_ratio,
-        "packed_limit": sizes.limit,
-        "packed_over_float32_weights": packed.file_bytes / rows["float32 weights"]["raw"],
+        "packed_file_bytes": packed.file_bytes,
+        "packed_file_ratio": packed.file_ratio,
+        "b_over_32": sizes.limit,
         "latency": latency,
         "int8_over_float_latency": latency["int8"]["ratio"],
     }
@@ -173,8 +174,9 @@ def measure_size(spec: SizeOnlyModel, config: DeployConfig, folder: str, progres
         "model": spec.model,
         "sizes": {row.name: {"raw": row.raw_bytes, "gzip": row.gzip_bytes} for row in sizes.rows},
         "int8_over_float_tflite": int8_report.size_bytes / float_report.size_bytes,
-        "packed_index_ratio": packed.index_ratio,
-        "packed_limit": sizes.limit,
+        "packed_file_bytes": packed.file_bytes,
+        "packed_file_ratio": packed.file_ratio,
+        "b_over_32": sizes.limit,
     }
 
 
@@ -207,10 +209,9 @@ def tables(results: dict) -> str:
             f"{sizes['float32 weights']['raw']:,}",
             f"{sizes['TFLite float']['raw']:,} ({sizes['TFLite float']['gzip']:,})",
             f"{sizes['TFLite int8']['raw']:,} ({sizes['TFLite int8']['gzip']:,})",
-            f"{sizes['packed (b-bit indices)']['raw']:,} "
-            f"({sizes['packed (b-bit indices)']['gzip']:,})",
+            f"{sizes['packed']['raw']:,} ({sizes['packed']['gzip']:,})",
             f"**{entry['int8_over_float_tflite']:.3f}**",
-            f"**{entry['packed_index_ratio']:.4f}** (b/32 = {entry['packed_limit']:.4f})",
+            f"**{entry['packed_file_ratio']:.3f}** (b/32 = {entry['b_over_32']:.4f})",
         ])
         if "latency" not in entry:
             continue
@@ -224,11 +225,12 @@ def tables(results: dict) -> str:
         ])
     bits = f"W{config['weight_bits']}A{config['activation_bits']}"
     return (
-        f"Sizes in bytes, gzipped (level 9) in parentheses; UNIQ {bits}. Packed ratio: packed "
-        "kernel index bytes / float32 kernel bytes.\n\n"
+        f"Sizes in bytes, gzipped (level 9) in parentheses; UNIQ {bits}. Packed / b/32: the "
+        "packed file's bytes on disk (indices, codebooks, the other weights, header) over b/32 "
+        "of the float32 weight bytes.\n\n"
         + common.markdown_table(
             ["model", "float32 weights", "TFLite float", "TFLite int8", "packed",
-             "int8 / float TFLite", "packed ratio"], size_rows)
+             "int8 / float TFLite", "packed / b/32"], size_rows)
         + f"\nLiteRT latency, batch 1, {config['threads']} thread(s), median of "
         f"{config['rounds']} interleaved rounds x {config['calls_per_round']} invocations; "
         "accuracy on the digits test split of the Keras UNIQ model and of the int8 file.\n\n"

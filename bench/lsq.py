@@ -43,7 +43,6 @@ from uniq_tf._keras import keras, tf
 from uniq_tf.integration import registry
 
 _Quantizer = tfmot.quantization.keras.quantizers.Quantizer
-_QuantizeConfig = tfmot.quantization.keras.QuantizeConfig
 _QuantizeWrapper = tfmot.quantization.keras.QuantizeWrapperV2  # uniq_tf's QuantizeWrapper
 
 STEP_VARIABLE = "lsq_step"
@@ -241,7 +240,7 @@ class LsqActivationQuantizer(_Quantizer):
 
 
 @keras.utils.register_keras_serializable(package="uniq_tf_bench")
-class LsqKernelConfig(_QuantizeConfig):
+class LsqKernelConfig(peers.KernelOnlyConfig):
     """A Conv2D/Dense layer's kernel -> LsqWeightQuantizer(bits, per_channel); no output
     quantizer (the ReLU after it has its own).
 
@@ -254,27 +253,15 @@ class LsqKernelConfig(_QuantizeConfig):
         self.bits = int(bits)
         self.per_channel = bool(per_channel)
 
-    def get_weights_and_quantizers(self, layer):
-        return [(layer.kernel, LsqWeightQuantizer(self.bits, self.per_channel))]
-
-    def get_activations_and_quantizers(self, layer):
-        return []
-
-    def set_quantize_weights(self, layer, quantize_weights):
-        layer.kernel = quantize_weights[0]
-
-    def set_quantize_activations(self, layer, quantize_activations):
-        del layer, quantize_activations
-
-    def get_output_quantizers(self, layer):
-        return []
+    def kernel_quantizer(self):
+        return LsqWeightQuantizer(self.bits, self.per_channel)
 
     def get_config(self):
         return {"bits": self.bits, "per_channel": self.per_channel}
 
 
 @keras.utils.register_keras_serializable(package="uniq_tf_bench")
-class LsqActivationConfig(_QuantizeConfig):
+class LsqActivationConfig(peers.OutputOnlyConfig):
     """An activation layer's output -> LsqActivationQuantizer(bits), unsigned after a ReLU
     (signed after any activation that can go below 0).
 
@@ -284,18 +271,6 @@ class LsqActivationConfig(_QuantizeConfig):
 
     def __init__(self, bits: int):
         self.bits = int(bits)
-
-    def get_weights_and_quantizers(self, layer):
-        return []
-
-    def get_activations_and_quantizers(self, layer):
-        return []
-
-    def set_quantize_weights(self, layer, quantize_weights):
-        del layer, quantize_weights
-
-    def set_quantize_activations(self, layer, quantize_activations):
-        del layer, quantize_activations
 
     def get_output_quantizers(self, layer):
         signed = not registry.has_non_negative_output(layer)

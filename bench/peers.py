@@ -44,19 +44,15 @@ CLUSTER_INITS = {
 }
 
 
-@keras.utils.register_keras_serializable(package="uniq_tf_bench")
-class UniformKernelConfig(tfmot.quantization.keras.QuantizeConfig):
-    """A kernel layer's kernel -> TFMOT LastValueQuantizer(bits, per-channel, symmetric)."""
+class KernelOnlyConfig(tfmot.quantization.keras.QuantizeConfig):
+    """A TFMOT QuantizeConfig that quantizes a layer's kernel and nothing else: subclasses
+    give ``kernel_quantizer()`` and ``get_config()``."""
 
-    def __init__(self, bits: int, narrow_range: bool = True):
-        self.bits = int(bits)
-        self.narrow_range = bool(narrow_range)
+    def kernel_quantizer(self):
+        raise NotImplementedError
 
     def get_weights_and_quantizers(self, layer):
-        quantizer = _LastValueQuantizer(
-            num_bits=self.bits, per_axis=True, symmetric=True, narrow_range=self.narrow_range
-        )
-        return [(layer.kernel, quantizer)]
+        return [(layer.kernel, self.kernel_quantizer())]
 
     def get_activations_and_quantizers(self, layer):
         return []
@@ -69,6 +65,43 @@ class UniformKernelConfig(tfmot.quantization.keras.QuantizeConfig):
 
     def get_output_quantizers(self, layer):
         return []
+
+
+class OutputOnlyConfig(tfmot.quantization.keras.QuantizeConfig):
+    """A TFMOT QuantizeConfig that quantizes a layer's output and nothing else (none by
+    default: the layer passes through): subclasses give ``get_output_quantizers(layer)``."""
+
+    def get_weights_and_quantizers(self, layer):
+        return []
+
+    def get_activations_and_quantizers(self, layer):
+        return []
+
+    def set_quantize_weights(self, layer, quantize_weights):
+        del layer, quantize_weights
+
+    def set_quantize_activations(self, layer, quantize_activations):
+        del layer, quantize_activations
+
+    def get_output_quantizers(self, layer):
+        return []
+
+    def get_config(self):
+        return {}
+
+
+@keras.utils.register_keras_serializable(package="uniq_tf_bench")
+class UniformKernelConfig(KernelOnlyConfig):
+    """A kernel layer's kernel -> TFMOT LastValueQuantizer(bits, per-channel, symmetric)."""
+
+    def __init__(self, bits: int, narrow_range: bool = True):
+        self.bits = int(bits)
+        self.narrow_range = bool(narrow_range)
+
+    def kernel_quantizer(self):
+        return _LastValueQuantizer(
+            num_bits=self.bits, per_axis=True, symmetric=True, narrow_range=self.narrow_range
+        )
 
     def get_config(self):
         return {"bits": self.bits, "narrow_range": self.narrow_range}

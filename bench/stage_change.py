@@ -11,6 +11,10 @@ the train function in any case, is reported apart).
 
     .venv/bin/python -m bench.stage_change --quick
     .venv/bin/python -m bench.stage_change --model=resnet18 --input_size=32 --output=out.json
+    .venv/bin/python -m bench.stage_change --section=a.json,b.json --docs_dir=docs
+
+``--section`` runs nothing: it writes section 7 of docs/benchmarks.md (a table, one row per
+result file, and the targets) from earlier ``--output`` files.
 
 Reported as ratios: median stage-change epoch / median other epoch, RSS after the last stage
 / RSS after the first; with ``--overhead_steps``, the per-step cost of the freezing itself
@@ -32,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 import uniq_tf
+from bench import common
 from uniq_tf._keras import keras, tf
 from uniq_tf.schedule.gradual import GradualQuantization
 from uniq_tf.zoo import models
@@ -111,19 +116,6 @@ def float_ratio(args, shape, data) -> dict:
             args.float_ratio_steps, "uniq_over_float": unq / flt}
 
 
-def count_traces(model) -> list:
-    """A counter of train-step traces (Python in train_step runs only while tracing)."""
-    counter = [0]
-    step = model.train_step
-
-    def counting_train_step(data):
-        counter[0] += 1
-        return step(data)
-
-    model.train_step = counting_train_step
-    return counter
-
-
 def run(args) -> dict:
     keras.utils.set_random_seed(0)
     shape = (args.input_size, args.input_size, 3)
@@ -141,7 +133,7 @@ def run(args) -> dict:
                                    final_epochs=args.final_epochs, polish_epochs=0, verbose=0)
     n_stages = len(schedule.plan(model))
     epochs = schedule.total_epochs(model)
-    traces = count_traces(model)
+    traces = common.count_traces(model)
     recorder = EpochRecorder(schedule, traces, verbose=not args.silent)
     print(f"{args.model} {shape}, batch {args.batch_size}, {n_stages} stages, {epochs} epochs "
           f"of {args.steps_per_epoch} steps; RSS before fit {rss_mib():.0f} MiB", flush=True)
@@ -207,6 +199,74 @@ def step_overhead(model, data, schedule, epochs, args) -> dict:
             "median_frozen_epoch_seconds": frozen, "frozen_over_plain": frozen / plain}
 
 
+SECTION = "stage_change"
+CHANGE_LIMIT = 2.0  # a stage-change epoch at most this many times a normal epoch
+MEMORY_LIMIT = 1.10  # resident memory after the last stage over after the first
+
+
+def _row(result: dict) -> list[str]:
+    shape = "x".join(str(v) for v in result["input_shape"][:2])
+    what = result["model"] + (" (XLA)" if result.get("jit_compile") else "") + (
+        ", control: no schedule" if result.get("no_schedule") else "")
+    overhead = result.get("freezing_step_overhead", {}).get("frozen_over_plain")
+    return [what, shape, str(result["batch_size"]), str(result["stages"]),
+            str(result["epochs"]), str(result["traces"]),
+            f"{result['stage_change_over_other']:.2f}x",
+            f"{result['rss_last_over_first_stage']:.2f}x",
+            f"{result['fit_seconds']:.1f}",
+            "-" if overhead is None else f"{overhead:.2f}x"]
+
+
+def section(results: list[dict], commands: list[str]) -> str:
+    """Section 7 of docs/benchmarks.md from the runs' summaries: a table and the targets."""
+    machine = common.machine()
+    scheduled = [r for r in results if not r.get("no_schedule")]
+    worst_change = max(r["stage_change_over_other"] for r in scheduled)
+    worst_memory = max(r["rss_last_over_first_stage"] for r in scheduled)
+    start, end = common.section_markers(SECTION)
+    return "\n".join([
+        start,
+        "## 7. Stage changes (`bench/stage_change.py`, run by hand)",
+        "",
+        f"Tabled on {machine['date']} ({machine['cpu']}, {machine['cores']} cores, TensorFlow "
+        f"{machine['tensorflow']}) from the runs of: "
+        + "; ".join(f"`{c}`" for c in commands)
+        + ". UNIQ W4A8, `GradualQuantization(\"layer\")` (one kernel layer per stage), SGD "
+        "with momentum 0.9 and weight decay 5e-4, random data; a stage-change epoch is one "
+        "whose stage differs from the epoch before (the first epoch, which traces, is left "
+        "out). Memory is the process's resident set after the last stage over after the "
+        "first; freezing overhead is an epoch with every kernel frozen over the same epoch "
+        "without the callback.",
+        "",
+        common.markdown_table(
+            ["model", "input", "batch", "stages", "epochs", "train-step traces",
+             "stage-change epoch / other epoch", "memory, last / first stage", "fit (s)",
+             "freezing overhead"], [_row(r) for r in results]),
+        "",
+        f"Targets: a stage-change epoch at most {CHANGE_LIMIT:g}x a normal epoch: "
+        + ("**met**" if worst_change <= CHANGE_LIMIT else "**not met**")
+        + f" (at most {worst_change:.2f}x); resident memory after the last stage within "
+        f"{MEMORY_LIMIT - 1:.0%} of after the first: "
+        + ("**met**" if worst_memory <= MEMORY_LIMIT else "**not met**")
+        + f" (at most {worst_memory:.2f}x).",
+        end,
+        "",
+    ])
+
+
+def write_section(paths: list[str], docs_dir: str | None) -> str:
+    results = [json.loads(Path(p).read_text(encoding="utf-8")) for p in paths]
+    commands = [r.get("command", "python -m bench.stage_change") for r in results]
+    text = section(results, commands)
+    print(text)
+    if docs_dir:
+        page_path = Path(docs_dir) / "benchmarks.md"
+        page = common.splice_section(page_path.read_text(encoding="utf-8"), SECTION, text)
+        common.write_text(str(page_path), page)
+        print(f"wrote section '{SECTION}' of {page_path}")
+    return text
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="resnet20", help="uniq_tf.models name")
@@ -233,11 +293,22 @@ def main(argv=None) -> int:
                         "that stage changes add from the allocator's own warm-up")
     parser.add_argument("--silent", action="store_true", help="no line per epoch")
     parser.add_argument("--output", help="write the summary (JSON) here")
+    parser.add_argument("--section", default="",
+                        help="comma-separated --output files: write section 7 from them "
+                        "(runs nothing)")
+    parser.add_argument("--docs_dir", default=None,
+                        help="with --section: splice it into <docs_dir>/benchmarks.md")
     args = parser.parse_args(argv)
+    if args.section:
+        write_section([p for p in args.section.split(",") if p], args.docs_dir)
+        return 0
     if args.quick:
         args.model, args.batch_size, args.steps_per_epoch = "resnet20", 16, 1
         args.overhead_steps = args.overhead_steps or 10
     summary = run(args)
+    summary["command"] = " ".join(["python -m bench.stage_change"] + [
+        a for a in (argv if argv is not None else sys.argv[1:])
+        if not a.startswith("--output")])
     short = {k: v for k, v in summary.items() if k != "epochs_detail"}
     print(json.dumps(short, indent=1), flush=True)
     if args.output:

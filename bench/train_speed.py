@@ -34,7 +34,7 @@ import numpy as np
 import tensorflow_model_optimization as tfmot
 
 import uniq_tf
-from bench import common
+from bench import common, peers
 from uniq_tf._keras import keras, tf
 from uniq_tf.zoo import models
 
@@ -66,26 +66,8 @@ class SpeedConfig:
 
 
 @keras.utils.register_keras_serializable(package="uniq_tf_bench")
-class NoOpQuantizeConfig(_Q.QuantizeConfig):
+class NoOpQuantizeConfig(peers.OutputOnlyConfig):
     """Leaves a layer unquantized inside TFMOT's scheme (for layer types it does not know)."""
-
-    def get_weights_and_quantizers(self, layer):
-        return []
-
-    def get_activations_and_quantizers(self, layer):
-        return []
-
-    def set_quantize_weights(self, layer, quantize_weights):
-        del layer, quantize_weights
-
-    def set_quantize_activations(self, layer, quantize_activations):
-        del layer, quantize_activations
-
-    def get_output_quantizers(self, layer):
-        return []
-
-    def get_config(self):
-        return {}
 
 
 def tfmot_default_qat(model):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import uniq_tf
+from bench.common import count_traces
 from uniq_tf._keras import keras, tf
 from uniq_tf.integration.inspection import float_kernel, kernel_wrappers
 from uniq_tf.method.quantizers import ActMode, Mode
@@ -54,19 +55,6 @@ def quantized_model(float_weights=None):
         keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
     return model
-
-
-def count_traces(model) -> list:
-    """Counts traces of the train step (a Python side effect runs only while tracing)."""
-    counter = [0]
-    step = model.train_step
-
-    def counting_train_step(data):
-        counter[0] += 1
-        return step(data)
-
-    model.train_step = counting_train_step
-    return counter
 
 
 class Probe(keras.callbacks.Callback):
@@ -493,8 +481,8 @@ def test_fractional_polish_starts_inside_the_epoch(train_data):
                              (None, [Mode.NOISY] * 4), (0, [Mode.NOISY] * 4)):
         seen.clear()
         model = quantized_model()
-        gq = GradualQuantization([["conv1"], ["conv2", "fc1", "fc2"]], polish_epochs=polish,
-                                 verbose=0)
+        gq = GradualQuantization([["conv1"], ["conv2", "fc1", "fc2"]], epochs_per_stage=1,
+                                 polish_epochs=polish, verbose=0)
         model.fit(x, y, batch_size=BATCH, epochs=2, verbose=0, shuffle=False,
                   callbacks=[gq, BatchProbe()])
         assert seen[0] == expected, polish

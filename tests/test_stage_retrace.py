@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_callbacks import count_traces
 
 import uniq_tf
+from bench.common import count_traces
 from uniq_tf._keras import keras, tf
 from uniq_tf.integration.inspection import float_kernel, kernel_wrappers
 from uniq_tf.schedule.gradual import GradualQuantization
@@ -229,10 +229,11 @@ def _child(results_path):
 @pytest.mark.slow
 def test_mirrored_strategy_staged_run_traces_once_and_freezes_every_replica(tmp_path):
     path = tmp_path / "results.json"
+    root = Path(__file__).resolve().parents[1]
     env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])  # bench.common
     result = subprocess.run([sys.executable, __file__, str(path)], capture_output=True,
-                            text=True, timeout=300, env=env,
-                            cwd=Path(__file__).resolve().parents[1])
+                            text=True, timeout=300, env=env, cwd=root)
     assert result.returncode == 0, result.stderr[-4000:]
     out = json.loads(path.read_text())
     assert out["replicas"] == 2

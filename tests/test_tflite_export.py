@@ -296,14 +296,16 @@ def test_size_report(trained):
     )
     rows = {r.name: r for r in report.rows}
     print(report.summary())
-    assert list(rows) == [
-        "float32 weights", "TFLite float", "TFLite int8", "packed (b-bit indices)"
-    ]
+    assert list(rows) == ["float32 weights", "TFLite float", "TFLite int8", "packed"]
     weights = trained["stripped"].get_weights()
     assert rows["float32 weights"].raw_bytes == 4 * sum(w.size for w in weights)
     assert rows["TFLite int8"].raw_bytes < rows["TFLite float"].raw_bytes / 2.5
-    assert rows["packed (b-bit indices)"].raw_bytes == os.path.getsize(out / "s.uniq")
+    assert rows["packed"].raw_bytes == os.path.getsize(out / "s.uniq") == packed.file_bytes
     assert report.limit == BITS / 32 and "b/32" in report.summary()
+    # The file ratio counts every byte on disk against b/32 of all float32 weights.
+    assert packed.file_ratio == pytest.approx(
+        packed.file_bytes / (BITS / 32 * rows["float32 weights"].raw_bytes))
+    assert f"{packed.file_ratio:.3f}x b/32" in report.summary()
 
 
 def test_load_packed_rejects_other_files(tmp_path):

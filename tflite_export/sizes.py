@@ -3,8 +3,10 @@
 Rows, each raw and gzipped (level 9): the model's float32 weights (every weight of the
 stripped model), the float and int8 TFLite files, and the packed file. The float32 weights of
 a stripped model hold only 2^b distinct values per kernel, so they already gzip well; TFLite
-stores at least 8 bits per weight; the packed file stores b bits per kernel weight, so its
-index bytes over the float32 kernel bytes reach the limit b / 32 (up to one byte per kernel).
+stores at least 8 bits per weight; the packed file stores b bits per kernel weight, plus its
+codebooks, the other weights in float32 and a header: its bytes on disk over b/32 of the
+float32 weight bytes (``PackedReport.file_ratio``) say how close the whole file comes to b bits
+per weight.
 """
 
 from __future__ import annotations
@@ -46,10 +48,9 @@ class SizeReport:
             )
         p = self.packed
         lines.append(
-            f"packed kernel indices: {p.index_bytes:,} bytes for "
-            f"{p.kernel_float32_bytes:,} float32 kernel bytes: ratio {p.index_ratio:.4f} "
-            f"(limit b/32 = {self.limit:.4f}); codebooks "
-            f"{p.codebook_bytes:,} bytes, other weights {p.other_bytes:,} bytes"
+            f"packed file: {p.file_bytes:,} bytes, {p.file_ratio:.3f}x b/32 of the float32 "
+            f"weights (b/32 = {self.limit:.4f}): indices {p.index_bytes:,}, codebooks "
+            f"{p.codebook_bytes:,}, other weights {p.other_bytes:,} bytes, the rest header"
         )
         return "\n".join(lines)
 
@@ -88,5 +89,5 @@ def size_report(
         rows.append(_row("TFLite float", _read(float_tflite)))
     if int8_tflite is not None:
         rows.append(_row("TFLite int8", _read(int8_tflite)))
-    rows.append(_row("packed (b-bit indices)", _read(packed.path)))
+    rows.append(_row("packed", _read(packed.path)))
     return SizeReport(rows, packed)
