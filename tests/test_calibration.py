@@ -5,29 +5,12 @@ int8 can map)."""
 import numpy as np
 import pytest
 from test_quantize import batch, small_cnn
+from test_tflite_checks import _inputs, conv_net
 
 import uniq_tf
 from uniq_tf._keras import keras, tf
 
 L = keras.layers
-
-
-def _inputs(count=64, width=6, scale=10.0, seed=0):
-    return (np.random.default_rng(seed).uniform(0, 1, (count, width)) * scale).astype("float32")
-
-
-def mlp(activation=None):
-    """6 -> 16 (ReLU) -> 1: a regression (activation None) or a sigmoid classifier."""
-    inp = keras.Input((6,))
-    hidden = L.Dense(16, activation="relu", name="hidden")(inp)
-    return keras.Model(inp, L.Dense(1, activation=activation, name="out")(hidden), name="mlp")
-
-
-def conv_net(classes=10, name="conv"):
-    inp = keras.Input((8, 8, 1))
-    x = L.Conv2D(8, 3, activation="relu", name="conv")(inp)
-    x = L.GlobalAveragePooling2D(name="gap")(x)
-    return keras.Model(inp, L.Dense(classes, activation="softmax", name="fc")(x), name=name)
 
 
 def test_calibrating_on_an_array_batches_it():

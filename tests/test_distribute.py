@@ -183,7 +183,7 @@ def _schedule_under_strategy(strategy, x, y) -> dict:
                 }
             self.epochs.append(row)
 
-    schedule = GradualQuantization("layer", final_epochs=1, verbose=0)
+    schedule = GradualQuantization("layer", epochs_per_stage=1, final_epochs=1, verbose=0)
     record = Record()
     model.fit(x, y, batch_size=32, epochs=schedule.total_epochs(model), shuffle=False,
               callbacks=[schedule, record], verbose=0)

@@ -14,13 +14,6 @@ from uniq_tf.integration.inspection import float_kernel
 L = keras.layers
 
 
-def conv_net(classes=10, name="conv"):
-    inp = keras.Input((8, 8, 1))
-    x = L.Conv2D(8, 3, activation="relu", name="conv")(inp)
-    x = L.GlobalAveragePooling2D(name="gap")(x)
-    return keras.Model(inp, L.Dense(classes, activation="softmax", name="fc")(x), name=name)
-
-
 def test_non_finite_weights_are_named_by_the_finn_export(tmp_path):
     fpga_export = pytest.importorskip("fpga_export")
     inp = keras.Input((4, 4, 1))

@@ -313,22 +313,6 @@ def test_high_noise_widens_the_noise():
     assert scales == {2.0}
 
 
-# --------------------------------------------------------------------------- save and load
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("fmt", ["h5", "tf"])
-def test_save_and_load_gives_bit_identical_outputs(tmp_path, fmt):
-    q = uniq_tf.quantize_model(residual_model(), weight_bits=3, activation_bits=4)
-    uniq_tf.calibrate_activations(q, [batch(32, 1)], verbose=False)
-    uniq_tf.set_weight_mode(q, Mode.QUANTIZED, layers=["stem"])
-    x = batch(8, 2)
-    expected = q(x, training=False).numpy()
-    loaded = save_and_load(q, tmp_path, fmt)
-    np.testing.assert_array_equal(loaded(x, training=False).numpy(), expected)
-    assert uniq_tf.weight_modes(loaded) == uniq_tf.weight_modes(q)
-
-
 # --------------------------------------------------------------------------- bad input
 
 

@@ -1,6 +1,8 @@
 """The README's python blocks run, in order, in one namespace, on the bundled digits: the
 quick-start code cannot rot. Each block's results are checked, not only that it ran."""
 
+import enum
+import inspect
 import re
 from pathlib import Path
 
@@ -43,6 +45,10 @@ def test_readme_code_runs_on_digits(tmp_path, monkeypatch, capsys):
     assert "UNIQ W4A8 test accuracy:" in out
     np.testing.assert_array_equal(ns["restored"].predict(x_test[:16], verbose=0),
                                   ns["q"].predict(x_test[:16], verbose=0))
+    # One settings object: its fields reach every quantizer, a keyword overrides one of them.
+    assert {b.bits for b in uniq_tf.get_codebooks(ns["two_bit"]).values()} == {2}
+    assert {b.bits for b in uniq_tf.get_codebooks(ns["three_bit"]).values()} == {3}
+    assert all(b.channel_axes for b in uniq_tf.get_codebooks(ns["three_bit"]).values())
     # Annotating two layers at 2 bits quantizes exactly those.
     assert {n: b.bits for n, b in uniq_tf.get_codebooks(ns["partial"]).items()} == {
         "conv2": 2, "conv3": 2}
@@ -60,3 +66,40 @@ def test_readme_code_runs_on_digits(tmp_path, monkeypatch, capsys):
 def test_the_quickstart_example_is_the_readmes_first_block():
     script = (README.parent / "examples" / "quickstart.py").read_text(encoding="utf-8")
     assert python_blocks()[0] in script
+
+
+def _default(value) -> str:
+    return f"{type(value).__name__}.{value.name}" if isinstance(value, enum.Enum) else repr(value)
+
+
+def _signature(obj) -> str:
+    """``inspect.signature`` written as the README's Signatures block writes it."""
+    parts, starred = [], False
+    for p in inspect.signature(obj).parameters.values():
+        if p.kind == p.VAR_POSITIONAL:
+            parts.append("*" + p.name)
+            starred = True
+            continue
+        if p.kind == p.VAR_KEYWORD:
+            parts.append("**" + p.name)
+            continue
+        if p.kind == p.KEYWORD_ONLY and not starred:
+            parts.append("*")
+            starred = True
+        parts.append(p.name if p.default is p.empty else f"{p.name}={_default(p.default)}")
+    return ", ".join(parts)
+
+
+def test_the_readme_signatures_are_the_codes():
+    import importlib
+
+    block = re.search(r"^## Signatures\n.*?^```text\n(.*?)^```", README.read_text(encoding="utf-8"),
+                      re.M | re.S)
+    assert block, "README has no Signatures block"
+    lines = block.group(1).strip().splitlines()
+    assert len(lines) >= 10
+    for line in lines:
+        name, args = re.fullmatch(r"([\w.]+)\((.*)\)", line).groups()
+        module, attribute = name.rsplit(".", 1)
+        obj = getattr(importlib.import_module(module), attribute)
+        assert args == _signature(obj), f"README's {name} differs from the code"

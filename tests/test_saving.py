@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_quantize import batch, nested_model, save_and_load, small_cnn
+from test_quantize import batch, nested_model, residual_model, save_and_load, small_cnn
 from test_tflite_checks import _inputs, mlp
 
 import uniq_tf
@@ -117,16 +117,18 @@ def test_load_quantized_names_the_keras_format(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["h5", "tf"])
-def test_nested_model_save_and_load_is_bit_identical(tmp_path, fmt):
-    q = uniq_tf.quantize_model(nested_model(), weight_bits=3, activation_bits=4)
+@pytest.mark.parametrize("build, layer, mode", [
+    (residual_model, "stem", Mode.QUANTIZED), (nested_model, "dw", Mode.FLOAT)])
+def test_save_and_load_is_bit_identical(tmp_path, fmt, build, layer, mode):
+    q = uniq_tf.quantize_model(build(), weight_bits=3, activation_bits=4)
     uniq_tf.calibrate_activations(q, [batch(32, 1)], verbose=False)
-    uniq_tf.set_weight_mode(q, Mode.FLOAT, layers=["dw"])
+    uniq_tf.set_weight_mode(q, mode, layers=[layer])
     x = batch(8, 2)
     expected = q(x, training=False).numpy()
     loaded = save_and_load(q, tmp_path, fmt)
     np.testing.assert_array_equal(loaded(x, training=False).numpy(), expected)
     assert uniq_tf.weight_modes(loaded) == uniq_tf.weight_modes(q)
-    assert uniq_tf.weight_modes(loaded)["dw"] == Mode.FLOAT
+    assert uniq_tf.weight_modes(loaded)[layer] == mode
 
 
 def separable_model():

@@ -11,7 +11,7 @@
                 "task": {"type": "worker", "index": 0}}' \\
         uniq-train --strategy=multi_worker   # one per worker
 
-Steps (schedule: uniq_tf/callbacks.py, docs/method.md): load the data; train the float model
+Steps (schedule: uniq_tf/schedule/gradual.py, docs/method.md): load the data; train the float model
 (or load ``--pretrained``); evaluate it; ``uniq_tf.quantize_model``; calibrate the activation
 ranges on a few training batches; fine-tune with ``uniq_tf.GradualQuantization``
 (warm-up, one stage per layer or block, final epochs); evaluate with every quantizer on. With a
