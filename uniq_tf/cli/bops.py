@@ -107,6 +107,13 @@ dense layer quantized, first and last included), read by the same rules as a qua
 - Bit widths are read from the quantizers' configuration (the plan), whatever mode a training
   schedule has put them in: the report prices the fully quantized network.
 
+**What BOPs predict on an FPGA.** BOPs count the multiply-accumulates. On FINN's dataflow
+hardware that is most of the logic at a fixed activation width, but not across widths: every
+quantized activation also becomes a threshold unit with `2^b_a - 1` thresholds per channel,
+which BOPs do not count and which take a large share of the logic at 8-bit activations.
+Compare plans of one activation width by BOPs; across widths, add the thresholds
+(docs/benchmarks.md, section 6 and its findings, measures both on FINN's estimates).
+
 ## Using it
 
 ```python
