@@ -103,12 +103,13 @@ def uniq_layout(uniform_model, float_model, weight_bits: int):
     codebooks to export it with (export_finn(..., codebooks=...)): the bundle then computes
     what the uniform model computes."""
     import uniq_tf
+    from uniq_tf.util.graph import weight_name
 
     codebooks, kernels = uniform_grid(uniform_model)
     target = uniq_tf.quantize_model(float_model, weight_bits=weight_bits, activation_bits=8)
     source = {w.name: w for w in uniform_model.weights}
     for weight in target.weights:  # same layer names; the quantizers' own state differs
-        layer, attr = weight.name.split("/")[0], weight.name.split("/")[-1].split(":")[0]
+        layer, attr = weight.name.split("/")[0], weight_name(weight)
         if attr == "kernel" and layer in kernels:
             weight.assign(kernels[layer])
         elif weight.name in source:
