@@ -206,6 +206,9 @@ def _parse_args(argv):
                         help="no runs: tables, plots and docs from OUTPUT_DIR/lowbit.json")
     parser.add_argument("--reference", default=REFERENCE_METHOD,
                         help="the UNIQ method every paired difference is taken against")
+    parser.add_argument("--note", default="",
+                        help="how the run was made, for the section's first line (for example "
+                             "the invocations of a stopped and resumed run)")
     parser.add_argument("--part", default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -301,6 +304,8 @@ def main(argv=None) -> dict:
     if args.render_only:
         results = json.loads(Path(output_dir, "lowbit.json").read_text(encoding="utf-8"))
         results["reference"] = args.reference
+        if args.note:
+            results["note"] = args.note
         results["summary"] = summary(results)
         results["noise_errors"] = noise_errors()
         write_outputs(results, output_dir, args.docs_dir)
@@ -318,9 +323,11 @@ def main(argv=None) -> dict:
     _pool([_part_command(p, parts_dir) for p in parts if not _done(p, parts_dir)], args.jobs)
     results = merge(config, parts, parts_dir, args.reference)
     results["seconds"] = round(time.perf_counter() - started, 1)
+    if args.note:
+        results["note"] = args.note
     results["command"] = " ".join(["python -m bench.lowbit"] + [
         a for a in (argv if argv is not None else sys.argv[1:])
-        if not a.startswith(("--output_dir", "--docs_dir"))])
+        if not a.startswith(("--output_dir", "--docs_dir", "--note"))])
     write_outputs(results, output_dir, args.docs_dir)
     return results
 

@@ -91,6 +91,13 @@ def test_quick_mode_runs_twice_to_identical_numbers(tmp_path):
     text = (tmp_path / "a" / "lowbit.md").read_text()
     assert "paired difference" in text and "| 2 | clipped |" in text
     assert (tmp_path / "a" / "lowbit_tiny_cnn_short.png").read_bytes()[:4] == b"\x89PNG"
+    # A re-render keeps the numbers and can say how the run was made.
+    from bench import lowbit
+
+    again = lowbit.main(["--render_only", f"--output_dir={tmp_path / 'a'}",
+                         "--note=two invocations"])
+    assert again["summary"] == first["summary"]
+    assert "min, two invocations;" in (tmp_path / "a" / "lowbit.md").read_text()
 
 
 def test_a_full_run_keeps_the_hand_run_sections_of_the_page_it_replaces(tmp_path):
