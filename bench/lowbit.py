@@ -6,8 +6,10 @@ near 99 % at 2 bits. This suite is built to resolve differences between methods 
 - **Folds and repeats as seeds.** Seed s trains on four folds of a stratified 5-fold split of
   all 1,797 digits and tests on fold s % 5, from its own float model and data order, so every
   five consecutive seeds test every digit exactly once. :data:`SCHEDULE_SEEDS` seeds per
-  schedule, :data:`SEED_COUNTS` at W2A8 for UNIQ, its peers and the freezing study
-  (:data:`WIDE_METHODS`), where 2-bit differences need the tighter interval. Each test image is
+  schedule, :data:`SEED_COUNTS` at W2A8 for UNIQ and its fine-tuned peers
+  (:data:`WIDE_METHODS`), where 2-bit differences need the tighter interval, and
+  :data:`STUDY_SEED_COUNTS` for the freezing study. A run with more seeds keeps the runs an
+  earlier one left and makes only the new ones. Each test image is
   evaluated at its 9 one-pixel shifts (the shifts training augments with), about 3,240 test
   images per seed: a resolution of 0.03 points. Test cross-entropy is reported beside
   accuracy.
@@ -99,13 +101,15 @@ SCHEDULE_METHODS = {"short1": ("uniq", "uniq_half", "kquantile_ste")}
 STUDY_METHODS = ("uniq_nofreeze", "uniq_final4")
 STUDY_BITS = ((2, 8), (3, 8), (4, 8))
 MAIN_METHODS = tuple(m for m in METHODS if m != "uniq_half" and m not in STUDY_METHODS)
-# Seeds per schedule, and more at W2A8 for UNIQ's defaults, its peers and the freezing study,
-# so that their paired intervals resolve 2-bit differences: seed s trains on the folds of
-# s % 5 from its own float model and data order (module docstring).
+# Seeds per schedule, and more at W2A8 for UNIQ's defaults and its fine-tuned peers, so that
+# their paired intervals resolve 2-bit differences (at most +-2 points; 40 seeds left the widest
+# at +-2.7 and +-3.6, and an interval narrows as 1/sqrt(n)), and for the freezing study, whose
+# differences 40 seeds already resolve: seed s trains on the folds of s % 5 from its own float
+# model and data order (module docstring).
 SCHEDULE_SEEDS = {"short": 10, "reference": 10, "short1": 10}
-SEED_COUNTS = {"short": {"W2A8": 40}}
-WIDE_METHODS = ("uniq", "kquantile_ste", "uniform_qat", "lsq", "cluster_kmeans",
-                *STUDY_METHODS)
+SEED_COUNTS = {"short": {"W2A8": 80}}
+WIDE_METHODS = ("uniq", "kquantile_ste", "uniform_qat", "lsq", "cluster_kmeans")
+STUDY_SEED_COUNTS = {"short": {"W2A8": 40}}
 SEEDS = tuple(range(SCHEDULE_SEEDS["short"]))
 
 
@@ -131,7 +135,10 @@ class Part:
         return self.seeds if count is None else tuple(range(count))
 
 
-def run_part(part: Part, float_dir: str, progress=print) -> dict:
+def run_part(part: Part, float_dir: str, progress=print, earlier: dict | None = None) -> dict:
+    """Every run of ``part``; the runs (and the learning rate) of ``earlier``, the result of
+    the same part with fewer seeds (:func:`_earlier`), are kept, not run again: runs are
+    deterministic, so a run with more seeds only adds the new ones."""
     tf.config.experimental.enable_op_determinism()
     warnings.filterwarnings("ignore", message=".*HDF5 file.*")
     if part.floats_only:
@@ -142,11 +149,21 @@ def run_part(part: Part, float_dir: str, progress=print) -> dict:
         return {}
     schedules = QUICK_SCHEDULES if part.quick else SCHEDULES
     schedule = schedules[part.schedule]
-    rate, trials = (sweep(part.method, part.model, schedule, float_dir, part.float_epochs,
-                          progress) if part.method in FINE_TUNED else (None, []))
+    if earlier is not None:
+        rate, trials = earlier["rate"], earlier["sweep"]
+        kept = {(r["weight_bits"], r["activation_bits"], r["seed"]): r for r in earlier["runs"]}
+        progress(f"{part.model} {part.schedule} {part.method}: {len(kept)} runs of an earlier "
+                 "run kept")
+    else:
+        rate, trials = (sweep(part.method, part.model, schedule, float_dir, part.float_epochs,
+                              progress) if part.method in FINE_TUNED else (None, []))
+        kept = {}
     runs = []
     for bits in part.bits:
         for seed in part.seeds_for(bits):
+            if (*bits, seed) in kept:
+                runs.append(kept[(*bits, seed)])
+                continue
             start = time.perf_counter()
             float_, _ = float_model(part.model, seed, float_dir, part.float_epochs)
             result = fine_tune(part.method, part.model, float_, seed, bits, schedule, rate)
@@ -218,18 +235,20 @@ def configuration(args) -> dict:
         config = {"models": ["tiny_cnn"], "schedules": ["short"],
                   "methods": ["uniq", "uniq_paper", "kquantile_ste", "lsq", "ptq_kquantile"],
                   "seeds": [0, 1], "bits": [[2, 8]], "float_epochs": 12,
-                  "schedule_seeds": {}, "seed_counts": {}}
+                  "schedule_seeds": {}, "seed_counts": {}, "study_seed_counts": {}}
     else:
         config = {"models": list(MODELS), "schedules": list(SCHEDULES),
                   "methods": list(METHODS), "seeds": list(SEEDS),
                   "bits": [list(b) for b in BITS], "float_epochs": FLOAT_EPOCHS,
-                  "schedule_seeds": dict(SCHEDULE_SEEDS), "seed_counts": dict(SEED_COUNTS)}
+                  "schedule_seeds": dict(SCHEDULE_SEEDS), "seed_counts": dict(SEED_COUNTS),
+                  "study_seed_counts": dict(STUDY_SEED_COUNTS)}
     for key in ("models", "schedules", "methods"):
         value = getattr(args, key)
         if value:
             config[key] = value.split(",")
     if args.seeds:
-        config.update(seeds=list(range(args.seeds)), schedule_seeds={}, seed_counts={})
+        config.update(seeds=list(range(args.seeds)), schedule_seeds={}, seed_counts={},
+                      study_seed_counts={})
     return config
 
 
@@ -247,7 +266,8 @@ def parts_of(config: dict, quick: bool) -> list[Part]:
                 bits = tuple(b for b in map(tuple, config["bits"])
                              if b in SCHEDULE_BITS.get(schedule, BITS)
                              and (not study or b in STUDY_BITS))
-                counts = config["seed_counts"].get(schedule, {}) if method in WIDE_METHODS else {}
+                counts = (config["seed_counts"] if method in WIDE_METHODS
+                          else config["study_seed_counts"] if study else {}).get(schedule, {})
                 parts.append(Part(model, schedule, method, seeds, bits, config["float_epochs"],
                                   quick, seed_counts=counts))
     return parts
@@ -263,10 +283,26 @@ def _part_command(part: Part, parts_dir: str) -> list[str]:
             f"--part={json.dumps(dataclasses.asdict(part))}"]
 
 
+def _part_path(part: Part, parts_dir: str) -> Path:
+    return Path(parts_dir, f"{part.model}_{part.schedule}_{part.method}.json")
+
+
+def _earlier(part: Part, parts_dir: str) -> dict | None:
+    """The result an earlier run left for this part with other seeds (and everything else the
+    same), or None."""
+    path = _part_path(part, parts_dir)
+    if not path.exists():
+        return None
+    earlier = json.loads(path.read_text(encoding="utf-8"))
+    same = ("model", "schedule", "method", "bits", "float_epochs", "quick", "floats_only")
+    mine = json.loads(json.dumps(dataclasses.asdict(part)))
+    return earlier if all(earlier["part"].get(k) == mine[k] for k in same) else None
+
+
 def _done(part: Part, parts_dir: str) -> bool:
     """True if an earlier run (killed, or with other parts) left this part's results: a run
     resumes where it stopped."""
-    path = Path(parts_dir, f"{part.model}_{part.schedule}_{part.method}.json")
+    path = _part_path(part, parts_dir)
     return path.exists() and json.loads(path.read_text(encoding="utf-8"))["part"] == (
         json.loads(json.dumps(dataclasses.asdict(part))))
 
@@ -296,10 +332,10 @@ def main(argv=None) -> dict:
         part = Part(**{**fields, "seeds": tuple(fields["seeds"]),
                        "bits": tuple(tuple(b) for b in fields["bits"])})
         result = run_part(part, os.path.join(output_dir, "float_models"),
-                          functools.partial(print, flush=True))
+                          functools.partial(print, flush=True),
+                          None if part.floats_only else _earlier(part, output_dir))
         if not part.floats_only:
-            common.write_json(os.path.join(
-                output_dir, f"{part.model}_{part.schedule}_{part.method}.json"), result)
+            common.write_json(str(_part_path(part, output_dir)), result)
         return result
     if args.render_only:
         results = json.loads(Path(output_dir, "lowbit.json").read_text(encoding="utf-8"))
