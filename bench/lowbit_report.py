@@ -174,13 +174,15 @@ def seed_counts_text(results: dict) -> str:
         if not sizes:
             continue
         usual = min(sizes.values())
-        wide = sorted({f"W{w}A{a}" for (w, a, _), n in sizes.items() if n > usual})
-        methods = [m for m in results["methods"]
-                   if any(n > usual for (_, _, mm), n in sizes.items() if mm == m)]
+        wider = []
+        for count in sorted({n for n in sizes.values() if n > usual}, reverse=True):
+            cells = sorted({f"W{w}A{a}" for (w, a, _), n in sizes.items() if n == count})
+            methods = [m for m in results["methods"]
+                       if any(n == count for (_, _, mm), n in sizes.items() if mm == m)]
+            wider.append(f"{count} at {', '.join(cells)} for {', '.join(methods)}")
         text = f"{schedule} schedule: {usual} seeds"
-        if wide:
-            text += (f" ({max(sizes.values())} at {', '.join(wide)} for "
-                     f"{', '.join(methods)})")
+        if wider:
+            text += f" ({'; '.join(wider)})"
         parts.append(text)
     return "; ".join(parts)
 

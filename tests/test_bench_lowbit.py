@@ -66,18 +66,18 @@ def test_splice_replaces_the_section_and_keeps_the_rest():
     assert second.replace("NEW", "OLD") == first
 
 
-def _quick(output_dir: Path) -> dict:
-    subprocess.run(
-        [sys.executable, "-m", "bench.lowbit", "--quick",
-         "--methods=uniq,kquantile_ste,ptq_kquantile", f"--output_dir={output_dir}"],
-        check=True, cwd=ROOT, timeout=600,
+def _quick(output_dir: Path, *flags: str, methods="uniq,kquantile_ste,ptq_kquantile"):
+    process = subprocess.run(
+        [sys.executable, "-m", "bench.lowbit", "--quick", f"--methods={methods}",
+         f"--output_dir={output_dir}", *flags],
+        check=True, cwd=ROOT, timeout=600, capture_output=True, text=True,
     )
-    return json.loads((output_dir / "lowbit.json").read_text())
+    return json.loads((output_dir / "lowbit.json").read_text()), process.stdout
 
 
 @pytest.mark.slow
 def test_quick_mode_runs_twice_to_identical_numbers(tmp_path):
-    first, second = _quick(tmp_path / "a"), _quick(tmp_path / "b")
+    (first, _), (second, _) = _quick(tmp_path / "a"), _quick(tmp_path / "b")
     key = ("model", "schedule", "method", "weight_bits", "activation_bits", "seed")
     numbers = [{tuple(r[k] for k in key): (r["accuracy"], r["cross_entropy"])
                 for r in result["runs"]} for result in (first, second)]
@@ -98,6 +98,13 @@ def test_quick_mode_runs_twice_to_identical_numbers(tmp_path):
                          "--note=two invocations"])
     assert again["summary"] == first["summary"]
     assert "min, two invocations;" in (tmp_path / "a" / "lowbit.md").read_text()
+    # More seeds later: the earlier runs are kept (not run again), only seed 2 is made.
+    more, log = _quick(tmp_path / "a", "--seeds=3", methods="uniq")
+    assert "2 runs of an earlier run kept" in log
+    assert "W2A8 seed 2:" in log and "W2A8 seed 0:" not in log
+    extended = {r["seed"]: (r["accuracy"], r["cross_entropy"]) for r in more["runs"]}
+    assert sorted(extended) == [0, 1, 2]
+    assert all(extended[s] == numbers[0][("tiny_cnn", "short", "uniq", 2, 8, s)] for s in (0, 1))
 
 
 def test_a_full_run_keeps_the_hand_run_sections_of_the_page_it_replaces(tmp_path):
