@@ -68,8 +68,8 @@ def accuracy_methods(config: dict) -> str:
         "narrow": "TFMOT's narrow range (2^b - 1 levels)",
         "full": "TFMOT's full range (2^b levels)",
         "auto": "TFMOT's full range (2^b levels) at 2 bits and its narrow range (2^b - 1 "
-                "levels, its 8-bit default) above, the better of the two at each width in our "
-                "runs (see the findings)",
+                "levels, its 8-bit default) above (`bench.peers.narrow_range_for`: the better of "
+                "the two at each width when the peer was set up, not remeasured per run)",
     }[config["uniform_range"]]
     fields = {**config, "schedules": "; ".join(schedules), "fit": fit,
               "uniform_levels": uniform_levels}
