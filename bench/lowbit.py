@@ -287,24 +287,28 @@ def _part_path(part: Part, parts_dir: str) -> Path:
     return Path(parts_dir, f"{part.model}_{part.schedule}_{part.method}.json")
 
 
+def _fields(part: Part) -> dict:
+    """The part as its result file records it (tuples as lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(part)))
+
+
 def _earlier(part: Part, parts_dir: str) -> dict | None:
-    """The result an earlier run left for this part with other seeds (and everything else the
-    same), or None."""
+    """The result an earlier run left for this part, with the same or other seeds (and
+    everything else the same), or None."""
     path = _part_path(part, parts_dir)
     if not path.exists():
         return None
     earlier = json.loads(path.read_text(encoding="utf-8"))
     same = ("model", "schedule", "method", "bits", "float_epochs", "quick", "floats_only")
-    mine = json.loads(json.dumps(dataclasses.asdict(part)))
+    mine = _fields(part)
     return earlier if all(earlier["part"].get(k) == mine[k] for k in same) else None
 
 
 def _done(part: Part, parts_dir: str) -> bool:
-    """True if an earlier run (killed, or with other parts) left this part's results: a run
-    resumes where it stopped."""
-    path = _part_path(part, parts_dir)
-    return path.exists() and json.loads(path.read_text(encoding="utf-8"))["part"] == (
-        json.loads(json.dumps(dataclasses.asdict(part))))
+    """True if an earlier run (killed, or with other parts) left this part's results, seeds
+    included: a run resumes where it stopped."""
+    earlier = _earlier(part, parts_dir)
+    return earlier is not None and earlier["part"] == _fields(part)
 
 
 def _pool(commands: list[list[str]], jobs: int) -> None:
